@@ -1,0 +1,599 @@
+//! `isr.toml`: parsing, defaults and validation.
+//!
+//! The file is read with `deny_unknown_fields`, so a typo is an error, and every error
+//! names the file, the line and the key. Durations accept integer seconds or strings such
+//! as `"500ms"`, `"90s"`, `"1h"`, `"7d"`; sizes accept integer bytes or `"256MiB"`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem, located as precisely as the input allows.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: key `{key}`: {message}")]
+pub struct ConfigError {
+    /// The file the problem is in (or `<flags>` for command-line values).
+    pub file: String,
+    /// 1-based line number (0 when not known, e.g. for a flag).
+    pub line: usize,
+    /// The key whose value is wrong.
+    pub key: String,
+    /// What is wrong, and what to do.
+    pub message: String,
+}
+
+/// A revalidate window: a number of milliseconds, or `false` (only on demand).
+pub type Window = Option<u64>;
+
+/// The validated configuration that the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the public listener.
+    pub listen: SocketAddr,
+    /// Base URL of the origin, e.g. `http://127.0.0.1:3000`.
+    pub origin: http::Uri,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Name of the environment variable holding the revalidation secret(s).
+    pub secret_env: String,
+    /// `Host` header sent to the origin (default: the origin URL's authority).
+    pub origin_host: String,
+    /// Public URL of the site; sets `X-Forwarded-Proto`/`X-Forwarded-Host` on origin requests.
+    pub public_url: Option<http::Uri>,
+    /// Cache policy defaults and limits.
+    pub cache: CacheConfig,
+    /// Routes, in file order (matching uses matchit precedence, not order).
+    pub routes: Vec<RouteConfig>,
+    /// Extra path serving the revalidation API, besides `/_isr/revalidate`.
+    pub api_path: Option<String>,
+}
+
+/// The `[cache]` table.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Default revalidate window in ms (`None` = only on demand).
+    pub revalidate: Window,
+    /// Age in ms past which a page is not served stale.
+    pub expire: u64,
+    /// Byte budget of the hot in-memory tier (0 disables it).
+    pub memory: u64,
+    /// Largest origin body that is stored.
+    pub max_body: u64,
+    /// Deadline for a whole origin fetch.
+    pub origin_timeout: Duration,
+    /// Background regenerations at once.
+    pub regen_concurrency: usize,
+    /// Query parameters dropped from the cache key (`*` suffix = prefix match).
+    pub ignore_query: Vec<String>,
+    /// Cookies whose presence makes a request bypass the cache.
+    pub bypass_cookies: Vec<String>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            revalidate: Some(3600 * 1000),
+            expire: 365 * 86400 * 1000,
+            memory: 256 << 20,
+            max_body: 8 << 20,
+            origin_timeout: Duration::from_secs(30),
+            regen_concurrency: 16,
+            ignore_query: vec!["utm_*".into(), "fbclid".into(), "gclid".into()],
+            bypass_cookies: vec!["__isr_preview".into()],
+        }
+    }
+}
+
+/// One `[[route]]` block.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// matchit pattern, e.g. `/blog/{slug}`.
+    pub pattern: String,
+    /// The route's own revalidate window; `None` = not set (use the origin's or the default).
+    pub revalidate: Option<Window>,
+    /// Tag templates, filled from the pattern's parameters.
+    pub tags: Vec<String>,
+    /// `false`: only prebuilt paths exist (enforced by a later feature; accepted now).
+    pub dynamic: bool,
+    /// `false`: always passed through to the origin.
+    pub cache: bool,
+}
+
+// ---- the file as written ---------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    origin: Option<String>,
+    data_dir: Option<PathBuf>,
+    secret_env: Option<String>,
+    origin_host: Option<String>,
+    public_url: Option<String>,
+    #[serde(default)]
+    cache: FileCache,
+    #[serde(default)]
+    route: Vec<FileRoute>,
+    #[serde(default)]
+    api: FileApi,
+    redis: Option<FileRedis>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    revalidate: Option<WindowValue>,
+    expire: Option<DurationValue>,
+    memory: Option<SizeValue>,
+    max_body: Option<SizeValue>,
+    origin_timeout: Option<DurationValue>,
+    regen_concurrency: Option<usize>,
+    ignore_query: Option<Vec<String>>,
+    bypass_cookies: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    #[serde(rename = "match")]
+    pattern: String,
+    revalidate: Option<WindowValue>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default = "yes")]
+    dynamic: bool,
+    #[serde(default = "yes")]
+    cache: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedis {
+    #[allow(dead_code)]
+    url: Option<String>,
+    #[allow(dead_code)]
+    prefix: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Secs(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WindowValue {
+    Flag(bool),
+    Secs(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Parses `"500ms"`, `"90s"`, `"5m"`, `"1h"`, `"7d"` or a bare number of seconds, to ms.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (examples: 500ms, 90s, 5m, 1h, 7d)"))?;
+    let factor = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parses `"256MiB"`, `"8MB"`, `"64KiB"` or a bare number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (examples: 65536, 64KiB, 256MiB, 1GiB)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(format!("`{text}` has an unknown unit (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+impl DurationValue {
+    fn ms(&self) -> Result<u64, String> {
+        match self {
+            DurationValue::Secs(s) => s.checked_mul(1000).ok_or_else(|| "too large".into()),
+            DurationValue::Text(t) => parse_duration_ms(t),
+        }
+    }
+}
+
+impl WindowValue {
+    fn window(&self) -> Result<Window, String> {
+        match self {
+            WindowValue::Flag(false) => Ok(None),
+            WindowValue::Flag(true) => {
+                Err("`true` is not a window: give a duration, or `false` for on-demand only".into())
+            }
+            WindowValue::Secs(s) => Ok(Some(s.checked_mul(1000).ok_or("too large")?)),
+            WindowValue::Text(t) => parse_duration_ms(t).map(Some),
+        }
+    }
+}
+
+impl SizeValue {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            SizeValue::Bytes(b) => Ok(*b),
+            SizeValue::Text(t) => parse_size(t),
+        }
+    }
+}
+
+/// Values given on the command line; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--origin`
+    pub origin: Option<String>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Reads and validates a config file (when given) and applies the overrides.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let (name, text) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                file: path.display().to_string(),
+                line: 0,
+                key: "-".into(),
+                message: format!("cannot read the file: {e}"),
+            })?;
+            (path.display().to_string(), text)
+        }
+        None => ("<flags>".to_string(), String::new()),
+    };
+    parse(&name, &text, overrides)
+}
+
+/// Parses config text (`name` is used in error messages).
+pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let locate = Locator { name, text };
+    let file: File = toml::from_str(text).map_err(|e| locate.toml_error(&e))?;
+    let defaults = CacheConfig::default();
+    let c = &file.cache;
+    let at = |key: &str, r: Result<u64, String>| r.map_err(|m| locate.key_error(key, m));
+    let cache = CacheConfig {
+        revalidate: match &c.revalidate {
+            Some(w) => w.window().map_err(|m| locate.key_error("revalidate", m))?,
+            None => defaults.revalidate,
+        },
+        expire: match &c.expire {
+            Some(d) => at("expire", d.ms())?,
+            None => defaults.expire,
+        },
+        memory: match &c.memory {
+            Some(s) => at("memory", s.bytes())?,
+            None => defaults.memory,
+        },
+        max_body: match &c.max_body {
+            Some(s) => at("max_body", s.bytes())?,
+            None => defaults.max_body,
+        },
+        origin_timeout: match &c.origin_timeout {
+            Some(d) => Duration::from_millis(at("origin_timeout", d.ms())?),
+            None => defaults.origin_timeout,
+        },
+        regen_concurrency: match c.regen_concurrency {
+            Some(0) => {
+                return Err(locate.key_error("regen_concurrency", "must be at least 1".into()))
+            }
+            Some(n) => n,
+            None => defaults.regen_concurrency,
+        },
+        ignore_query: c.ignore_query.clone().unwrap_or(defaults.ignore_query),
+        bypass_cookies: c.bypass_cookies.clone().unwrap_or(defaults.bypass_cookies),
+    };
+    if cache.origin_timeout.is_zero() {
+        return Err(locate.key_error("origin_timeout", "must be more than 0".into()));
+    }
+
+    let mut routes = Vec::new();
+    let mut seen = matchit::Router::new();
+    for r in &file.route {
+        let revalidate = match &r.revalidate {
+            Some(w) => Some(w.window().map_err(|m| locate.key_error("revalidate", m))?),
+            None => None,
+        };
+        if !r.pattern.starts_with('/') {
+            return Err(locate.value_error("match", &r.pattern, "a route must start with `/`"));
+        }
+        if let Err(e) = seen.insert(r.pattern.clone(), ()) {
+            return Err(locate.value_error("match", &r.pattern, &format!("invalid route: {e}")));
+        }
+        let params = crate::route::param_names(&r.pattern);
+        for t in &r.tags {
+            for p in crate::route::template_params(t) {
+                if !params.iter().any(|n| *n == p) {
+                    return Err(locate.value_error(
+                        "tags",
+                        t,
+                        &format!("tag template uses `{{{p}}}`, which `{}` does not define", r.pattern),
+                    ));
+                }
+            }
+        }
+        routes.push(RouteConfig {
+            pattern: r.pattern.clone(),
+            revalidate,
+            tags: r.tags.clone(),
+            dynamic: r.dynamic,
+            cache: r.cache,
+        });
+    }
+
+    let listen_text = overrides
+        .listen
+        .clone()
+        .or(file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        locate.value_error("listen", &listen_text, "expected an address such as 127.0.0.1:8080")
+    })?;
+
+    let origin_text = overrides.origin.clone().or(file.origin.clone()).ok_or_else(|| {
+        locate.key_error("origin", "required: the URL of your site, e.g. http://127.0.0.1:3000 (or --origin)".into())
+    })?;
+    let origin = parse_http_url(&origin_text)
+        .map_err(|m| locate.value_error("origin", &origin_text, &m))?;
+    let origin_host = match &file.origin_host {
+        Some(h) if h.is_empty() || http::HeaderValue::from_str(h).is_err() => {
+            return Err(locate.value_error("origin_host", h, "not a valid Host header value"))
+        }
+        Some(h) => h.clone(),
+        None => origin.authority().map(|a| a.to_string()).unwrap_or_default(),
+    };
+    let public_url = match &file.public_url {
+        Some(u) => Some(parse_http_url(u).map_err(|m| locate.value_error("public_url", u, &m))?),
+        None => None,
+    };
+    let api_path = match &file.api.path {
+        Some(p) if !p.starts_with('/') || p.starts_with("/_isr/") => {
+            return Err(locate.value_error("path", p, "must start with `/` and not with `/_isr/`"))
+        }
+        other => other.clone(),
+    };
+    if file.redis.is_some() {
+        return Err(locate.key_error(
+            "redis",
+            "the Redis shared store is not available in this version; remove [redis] to use the embedded store".into(),
+        ));
+    }
+    Ok(Config {
+        listen,
+        origin,
+        data_dir: overrides
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./isr-data")),
+        secret_env: file.secret_env.unwrap_or_else(|| "ISR_SECRET".into()),
+        origin_host,
+        public_url,
+        cache,
+        routes,
+        api_path,
+    })
+}
+
+fn parse_http_url(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| "not a URL (expected e.g. http://127.0.0.1:3000)".to_string())?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https origins are not supported yet: put isr next to the origin and use http".into())
+        }
+        _ => return Err("the URL must start with http://".into()),
+    }
+    if uri.authority().is_none() {
+        return Err("the URL has no host".into());
+    }
+    Ok(uri)
+}
+
+/// Turns byte offsets and key names into `file:line` positions.
+struct Locator<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim().to_string();
+        let (line, key) = match e.span() {
+            Some(span) => {
+                let line = self.line_of(span.start);
+                let line_text = self.text.lines().nth(line - 1).unwrap_or("");
+                let key = line_text
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .to_string();
+                (line, key)
+            }
+            None => (0, String::new()),
+        };
+        let key = if key.is_empty() {
+            // "unknown field `x`" names the key itself.
+            message
+                .split('`')
+                .nth(1)
+                .unwrap_or("-")
+                .to_string()
+        } else {
+            key
+        };
+        ConfigError { file: self.name.into(), line, key, message }
+    }
+
+    /// An error about `key` whose value could not be located more precisely.
+    fn key_error(&self, key: &str, message: String) -> ConfigError {
+        let line = self.find_line(|l| l.split('=').next().map(str::trim) == Some(key));
+        ConfigError { file: self.name.into(), line, key: key.into(), message }
+    }
+
+    /// An error about `key = value`: the line holding that value.
+    fn value_error(&self, key: &str, value: &str, message: &str) -> ConfigError {
+        let line = self.find_line(|l| {
+            l.split('=').next().map(str::trim) == Some(key) && l.contains(value)
+        });
+        let line = if line == 0 { self.find_line(|l| l.contains(value)) } else { line };
+        ConfigError {
+            file: self.name.into(),
+            line,
+            key: key.into(),
+            message: format!("`{value}`: {message}"),
+        }
+    }
+
+    fn find_line(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.text
+            .lines()
+            .position(pred)
+            .map(|i| i + 1)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Result<Config, ConfigError> {
+        parse("isr.toml", text, &Overrides::default())
+    }
+
+    #[test]
+    fn durations_and_sizes_accept_numbers_and_strings() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
+        assert_eq!(parse_duration_ms("60"), Ok(60_000));
+        assert!(parse_duration_ms("soon").is_err());
+        assert!(parse_duration_ms("5y").is_err());
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = cfg(r#"
+listen = "127.0.0.1:9000"
+origin = "http://127.0.0.1:3000"
+[cache]
+revalidate = "1h"
+expire = 86400
+memory = "64MiB"
+ignore_query = ["utm_*"]
+[[route]]
+match = "/blog/{slug}"
+revalidate = 60
+tags = ["posts", "post-{slug}"]
+[[route]]
+match = "/api/{*rest}"
+cache = false
+[[route]]
+match = "/docs"
+revalidate = false
+"#)
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.cache.expire, 86_400_000);
+        assert_eq!(c.cache.memory, 64 << 20);
+        assert_eq!(c.routes[0].revalidate, Some(Some(60_000)));
+        assert!(!c.routes[1].cache);
+        assert_eq!(c.routes[2].revalidate, Some(None));
+        assert_eq!(c.origin_host, "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = cfg("origin = \"http://127.0.0.1:3000\"\n[cache]\nrevalidat = 5\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "revalidat"), "{e}");
+        assert!(e.to_string().starts_with("isr.toml:3: key `revalidat`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_its_line() {
+        let e = cfg("origin = \"http://a:1\"\n\n[cache]\nexpire = \"soon\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "expire"), "{e}");
+    }
+
+    #[test]
+    fn missing_origin_is_an_error_unless_given_as_flag() {
+        assert_eq!(cfg("").unwrap_err().key, "origin");
+        let o = Overrides { origin: Some("http://127.0.0.1:3000".into()), ..Default::default() };
+        assert!(parse("<flags>", "", &o).is_ok());
+    }
+
+    #[test]
+    fn tag_template_must_use_route_params() {
+        let e = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/b/{slug}\"\ntags = [\"p-{id}\"]\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "tags"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = cfg("origin = \"http://a:1\"\n[cache]\nregen_concurrency = \"many\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "regen_concurrency"), "{e}");
+    }
+}

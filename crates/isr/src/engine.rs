@@ -1,0 +1,491 @@
+//! The engine: lookups through the hot tier and the store, per-key single-flight for
+//! misses and regenerations, the bounded background regeneration queue, retry backoff,
+//! hit-for-miss, and on-demand revalidation through the tag clock.
+//!
+//! Every origin fetch for the cache runs in a spawned task (a *flight*) that outlives
+//! the request that started it. Requests for the same key join the running flight; a
+//! guard publishes an outcome even if the task dies, so no waiter hangs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::entry::Entry;
+use crate::key;
+use crate::origin::{self, FetchError, Fetched, Origin};
+use crate::policy::{self, Freshness, Mark};
+use crate::route::{Routes, Rules};
+use crate::store::{HotTier, Store, StoreError};
+use crate::tags::{TagClock, Target};
+
+/// A response that only the visitor who asked may get (uncacheable or too large).
+pub struct Passthrough {
+    /// Status and headers as the origin sent them.
+    pub parts: http::response::Parts,
+    /// The body, possibly still streaming from the origin.
+    pub body: Body,
+}
+
+/// A response that is not stored: an origin error passed through, or isr's own 502/504.
+#[derive(Debug)]
+pub struct ErrorResponse {
+    /// Status to send.
+    pub status: StatusCode,
+    /// Headers to send.
+    pub headers: HeaderMap,
+    /// Body to send.
+    pub body: Bytes,
+}
+
+impl ErrorResponse {
+    fn from_fetch(e: &FetchError) -> ErrorResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        ErrorResponse { status: e.status(), headers, body: Bytes::from(format!("{e}\n")) }
+    }
+}
+
+/// What a flight produced.
+#[derive(Clone)]
+pub enum Outcome {
+    /// A page was stored (or a newer stored one found); serve it.
+    Stored(Arc<Entry>),
+    /// Uncacheable: the first visitor to take it gets it, others fetch their own.
+    Uncacheable(Arc<Mutex<Option<Passthrough>>>),
+    /// No usable page: keep any old copy, else send this.
+    Failed(Arc<ErrorResponse>),
+}
+
+/// What the front should answer for a cacheable request.
+pub enum Served {
+    /// Fresh from cache.
+    Hit(Arc<Entry>),
+    /// Stale from cache (a regeneration has been started or is backing off).
+    Stale(Arc<Entry>),
+    /// Fetched from the origin just now and stored.
+    Miss(Arc<Entry>),
+    /// An uncacheable response for this visitor only (`BYPASS`).
+    Pass(Passthrough),
+    /// Proxy the visitor's own request (`BYPASS`, hit-for-miss).
+    Bypass,
+    /// Not stored: an origin error or a 502/504 (`MISS`).
+    Error(Arc<ErrorResponse>),
+}
+
+/// A wall clock in unix ms that follows tokio's clock, so paused-clock tests can move it.
+struct Now {
+    base_ms: u64,
+    base: tokio::time::Instant,
+}
+
+impl Now {
+    fn new() -> Now {
+        let base_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Now { base_ms, base: tokio::time::Instant::now() }
+    }
+
+    fn ms(&self) -> u64 {
+        self.base_ms + self.base.elapsed().as_millis() as u64
+    }
+}
+
+struct Backoff {
+    failures: u32,
+    until: u64,
+}
+
+/// An on-demand revalidation request, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revalidation {
+    /// Pages (type page).
+    pub pages: Vec<String>,
+    /// Layouts (type layout).
+    pub layouts: Vec<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// `mode = "expire"`.
+    pub expire: bool,
+    /// Queue regenerations of affected entries now.
+    pub eager: bool,
+}
+
+/// The ISR engine. Shared as `Arc<Engine>`.
+pub struct Engine {
+    cfg: Config,
+    routes: Routes,
+    store: Arc<dyn Store>,
+    hot: HotTier,
+    clock: TagClock,
+    origin: Origin,
+    flights: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    backoff: Mutex<HashMap<String, Backoff>>,
+    uncacheable: quick_cache::sync::Cache<String, u64>,
+    regen_slots: Arc<Semaphore>,
+    now: Now,
+    /// The latest revalidation mark handed out; generation stamps are kept above the
+    /// marks applied before them, so same-millisecond races resolve correctly.
+    last_mark: AtomicU64,
+}
+
+impl Engine {
+    /// Builds an engine over `store`, loading the tag clock from it.
+    pub async fn new(cfg: Config, store: Arc<dyn Store>) -> Result<Arc<Engine>, StoreError> {
+        let clock = TagClock::new();
+        let mut last = 0;
+        for (name, mark) in store.load_marks().await? {
+            if let Some(t) = Target::from_store_name(&name) {
+                clock.apply(t, mark);
+                last = last.max(mark.stale_at).max(mark.expire_at);
+            }
+        }
+        Ok(Arc::new(Engine {
+            routes: Routes::new(&cfg.routes),
+            hot: HotTier::new(cfg.cache.memory),
+            origin: Origin::new(&cfg),
+            regen_slots: Arc::new(Semaphore::new(cfg.cache.regen_concurrency)),
+            uncacheable: quick_cache::sync::Cache::new(10_000),
+            flights: Mutex::default(),
+            backoff: Mutex::default(),
+            clock,
+            store,
+            cfg,
+            now: Now::new(),
+            last_mark: AtomicU64::new(last),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The origin client.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Unix ms, following tokio's clock.
+    pub fn now(&self) -> u64 {
+        self.now.ms()
+    }
+
+    /// Bytes in the hot tier.
+    pub fn memory_bytes(&self) -> u64 {
+        self.hot.bytes()
+    }
+
+    /// The entry for `key` from the hot tier, else from the store (then kept hot).
+    pub async fn lookup(&self, key: &str) -> Option<Arc<Entry>> {
+        if let Some(e) = self.hot.get(key) {
+            return Some(e);
+        }
+        match self.store.get(key).await {
+            Ok(Some(e)) => {
+                let e = Arc::new(e);
+                self.hot.insert(key, e.clone());
+                Some(e)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(key, error = %e, "store read failed; treating as a miss");
+                None
+            }
+        }
+    }
+
+    /// The state of `entry` (stored under `key`) now.
+    pub fn freshness(&self, key: &str, entry: &Entry, now: u64) -> Freshness {
+        let mark = self.clock.mark_for(key::path_of(key), &entry.meta.tags);
+        policy::freshness(&entry.meta.timing(), mark, now)
+    }
+
+    /// Serves a cacheable `GET`/`HEAD` for `key`.
+    pub async fn serve(self: &Arc<Self>, key: &str, rules: &Rules) -> Served {
+        let now = self.now();
+        let copy = match self.lookup(key).await {
+            Some(e) => match self.freshness(key, &e, now) {
+                Freshness::Fresh => return Served::Hit(e),
+                Freshness::Stale => {
+                    self.regenerate_in_background(key, rules);
+                    return Served::Stale(e);
+                }
+                Freshness::Expired => Some(e),
+            },
+            None => {
+                if self.uncacheable.get(key).is_some_and(|until| until > now) {
+                    return Served::Bypass;
+                }
+                None
+            }
+        };
+        if let Some(old) = &copy {
+            if self.in_backoff(key, now) {
+                return Served::Stale(old.clone());
+            }
+        }
+        let outcome = self.join_flight(key, rules, copy.is_some(), None).await;
+        match (outcome, copy) {
+            (Outcome::Stored(e), _) => Served::Miss(e),
+            (_, Some(old)) => Served::Stale(old),
+            (Outcome::Uncacheable(slot), None) => {
+                match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    Some(p) => Served::Pass(p),
+                    None => Served::Bypass,
+                }
+            }
+            (Outcome::Failed(e), None) => Served::Error(e),
+        }
+    }
+
+    /// Regenerates `key` now, outside single-flight (`x-prerender-revalidate`).
+    pub async fn regenerate_now(self: &Arc<Self>, key: &str, rules: &Rules) -> Outcome {
+        let has_copy = self.lookup(key).await.is_some();
+        self.produce(key, rules, has_copy).await
+    }
+
+    fn in_backoff(&self, key: &str, now: u64) -> bool {
+        let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.get(key).is_some_and(|b| b.until > now)
+    }
+
+    /// Starts a background regeneration unless one is running or the key is backing off.
+    pub fn regenerate_in_background(self: &Arc<Self>, key: &str, rules: &Rules) {
+        if self.in_backoff(key, self.now()) {
+            return;
+        }
+        drop(self.start_flight(key, rules, true, true, None));
+    }
+
+    /// Joins the flight for `key`, starting one if none runs, and waits for its outcome.
+    async fn join_flight(
+        self: &Arc<Self>,
+        key: &str,
+        rules: &Rules,
+        has_copy: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Outcome {
+        let mut rx = self.start_flight(key, rules, false, has_copy, permit);
+        let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+        match outcome {
+            Ok(Some(o)) => o,
+            _ => Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&FetchError::Invalid {
+                origin: self.origin.url().to_string(),
+                detail: "the regeneration was abandoned".into(),
+            }))),
+        }
+    }
+
+    fn start_flight(
+        self: &Arc<Self>,
+        key: &str,
+        rules: &Rules,
+        background: bool,
+        has_copy: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = flights.get(key) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        flights.insert(key.to_string(), rx.clone());
+        drop(flights);
+        let guard = FlightGuard { engine: self.clone(), key: key.to_string(), tx };
+        let rules = rules.clone();
+        tokio::spawn(async move {
+            let _permit = match permit {
+                Some(p) => Some(p),
+                None if background => guard.engine.regen_slots.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let outcome = guard.engine.produce(&guard.key, &rules, has_copy).await;
+            let _ = guard.tx.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// Fetches `key` from the origin and stores the result when it may be stored.
+    async fn produce(&self, key: &str, rules: &Rules, has_copy: bool) -> Outcome {
+        let generated = self.now().max(self.last_mark.load(Ordering::SeqCst) + 1);
+        let started = tokio::time::Instant::now();
+        let fetched = self.origin.fetch(key).await;
+        let failure = |why: String| {
+            if has_copy {
+                self.record_failure(key, rules, &why);
+            } else {
+                tracing::warn!(key, reason = %why, "origin fetch failed on a miss");
+            }
+        };
+        let (parts, body) = match fetched {
+            Err(e) => {
+                failure(e.to_string());
+                return Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&e)));
+            }
+            Ok(Fetched::TooLarge(parts, prefix, rest)) => {
+                let why = format!("response over max_body ({} bytes)", self.cfg.cache.max_body);
+                return self.uncacheable(key, rules, has_copy, why, parts, Body::Stream { prefix: Some(prefix), rest });
+            }
+            Ok(Fetched::Complete(parts, body)) => (parts, body),
+        };
+        let status = parts.status.as_u16();
+        if !policy::is_storable_status(status) {
+            failure(format!("origin answered {status}"));
+            let e = ErrorResponse { status: parts.status, headers: parts.headers, body };
+            return Outcome::Failed(Arc::new(e));
+        }
+        let entry = match origin::build_entry(&parts, body.clone(), rules, &self.cfg.cache, key, generated) {
+            Ok(e) => e,
+            Err(why) => {
+                return self.uncacheable(key, rules, has_copy, format!("{why:?}"), parts, Body::full(body))
+            }
+        };
+        let entry = match tokio::task::spawn_blocking(move || origin::with_variants(entry)).await {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                let e = FetchError::Invalid { origin: self.origin.url().into(), detail: e.to_string() };
+                return Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&e)));
+            }
+        };
+        tracing::debug!(key, status, ms = started.elapsed().as_millis() as u64, "page generated");
+        self.backoff.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        match self.store.put(key, entry.clone()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // A newer page was stored meanwhile (e.g. a forced revalidation): serve that.
+                if let Ok(Some(newer)) = self.store.get(key).await {
+                    let newer = Arc::new(newer);
+                    self.hot.insert(key, newer.clone());
+                    return Outcome::Stored(newer);
+                }
+            }
+            Err(e) => tracing::error!(key, error = %e, "could not store the page; serving it from memory"),
+        }
+        self.hot.insert(key, entry.clone());
+        Outcome::Stored(entry)
+    }
+
+    fn uncacheable(
+        &self,
+        key: &str,
+        rules: &Rules,
+        has_copy: bool,
+        why: String,
+        parts: http::response::Parts,
+        body: Body,
+    ) -> Outcome {
+        if has_copy {
+            self.record_failure(key, rules, &format!("uncacheable response: {why}"));
+            let e = ErrorResponse { status: StatusCode::BAD_GATEWAY, headers: HeaderMap::new(), body: Bytes::new() };
+            return Outcome::Failed(Arc::new(e));
+        }
+        let until = self.now() + policy::hit_for_miss_ms(rules.revalidate.unwrap_or(self.cfg.cache.revalidate));
+        self.uncacheable.insert(key.to_string(), until);
+        tracing::info!(key, reason = %why, "response is uncacheable; passing this key through for a while");
+        Outcome::Uncacheable(Arc::new(Mutex::new(Some(Passthrough { parts, body }))))
+    }
+
+    fn record_failure(&self, key: &str, rules: &Rules, why: &str) {
+        let window = rules.revalidate.unwrap_or(self.cfg.cache.revalidate);
+        let now = self.now();
+        let mut map = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let b = map.entry(key.to_string()).or_insert(Backoff { failures: 0, until: 0 });
+        b.failures += 1;
+        b.until = now + policy::backoff_ms(b.failures, window);
+        tracing::warn!(key, reason = why, failures = b.failures, retry_in_ms = b.until - now,
+            "regeneration failed; still serving the last good page");
+    }
+
+    /// Applies an on-demand revalidation; returns its timestamp (unix ms).
+    pub async fn revalidate(self: &Arc<Self>, r: &Revalidation) -> Result<u64, StoreError> {
+        let at = {
+            let now = self.now();
+            let prev = self.last_mark.fetch_max(now, Ordering::SeqCst);
+            if prev >= now {
+                // Same millisecond as the previous mark: stay strictly after it.
+                self.last_mark.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                now
+            }
+        };
+        let mark = Mark::at(at, r.expire);
+        let targets = r
+            .tags
+            .iter()
+            .map(|t| Target::Tag(t))
+            .chain(r.pages.iter().map(|p| Target::Page(p)))
+            .chain(r.layouts.iter().map(|p| Target::Layout(p)));
+        for t in targets {
+            self.clock.apply(t, mark);
+            self.store.put_mark(&t.store_name(), mark).await?;
+        }
+        if r.eager {
+            let engine = self.clone();
+            let r = r.clone();
+            tokio::spawn(async move { engine.regenerate_affected(&r).await });
+        }
+        Ok(at)
+    }
+
+    /// Queues a background regeneration of every stored entry a revalidation touched.
+    async fn regenerate_affected(self: &Arc<Self>, r: &Revalidation) {
+        let mut keys = Vec::new();
+        for t in &r.tags {
+            keys.extend(self.store.keys_with_tag(t).await.unwrap_or_default());
+        }
+        for p in &r.pages {
+            let found = self.store.keys_with_prefix(p).await.unwrap_or_default();
+            keys.extend(found.into_iter().filter(|k| key::path_of(k) == p));
+        }
+        for p in &r.layouts {
+            let prefix = p.trim_end_matches('/');
+            let found = self.store.keys_with_prefix(prefix).await.unwrap_or_default();
+            keys.extend(found.into_iter().filter(|k| key::is_under(key::path_of(k), p)));
+        }
+        keys.sort();
+        keys.dedup();
+        tracing::info!(pages = keys.len(), "eager revalidation: regenerating affected pages");
+        for k in keys {
+            let Ok(permit) = self.regen_slots.clone().acquire_owned().await else { return };
+            let rules = self.routes.rules(key::path_of(&k));
+            drop(self.start_flight(&k, &rules, true, true, Some(permit)));
+        }
+    }
+}
+
+/// Publishes an outcome even when a flight's task ends without one, and removes the
+/// flight so the next request can start a new one.
+struct FlightGuard {
+    engine: Arc<Engine>,
+    key: String,
+    tx: watch::Sender<Option<Outcome>>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.engine
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+        if self.tx.borrow().is_none() {
+            let e = FetchError::Invalid {
+                origin: self.engine.origin.url().to_string(),
+                detail: "the regeneration was abandoned".into(),
+            };
+            let _ = self.tx.send(Some(Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&e)))));
+        }
+    }
+}

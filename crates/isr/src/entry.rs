@@ -1,0 +1,294 @@
+//! A stored page: metadata (everything freshness checks need) apart from its bodies
+//! (identity, and Brotli and gzip variants made once when it was generated).
+
+use std::io::Write;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Timing;
+
+/// A body encoding isr stores and serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// As the origin sent it.
+    Identity,
+    /// Brotli.
+    Br,
+    /// gzip.
+    Gzip,
+}
+
+impl Encoding {
+    /// All encodings, in storage order.
+    pub const ALL: [Encoding; 3] = [Encoding::Identity, Encoding::Br, Encoding::Gzip];
+
+    /// The store's code for this encoding.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn etag_suffix(self) -> &'static str {
+        match self {
+            Encoding::Identity => "",
+            Encoding::Br => "-br",
+            Encoding::Gzip => "-gz",
+        }
+    }
+
+    /// The `Content-Encoding` value, if any.
+    pub fn header(self) -> Option<HeaderValue> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Br => Some(HeaderValue::from_static("br")),
+            Encoding::Gzip => Some(HeaderValue::from_static("gzip")),
+        }
+    }
+}
+
+/// Everything about a page except its bodies. Stored apart from them, so freshness
+/// checks and the admin never read a body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// Origin status.
+    pub status: u16,
+    /// Origin headers kept for visitors (control, hop-by-hop and caching headers removed).
+    pub headers: Vec<(String, String)>,
+    /// When the fetch that produced it started (unix ms).
+    pub generated: u64,
+    /// Revalidate window in ms; `None` = only on demand.
+    pub revalidate: Option<u64>,
+    /// Age in ms past which it is not served stale.
+    pub expire: u64,
+    /// Tags, for on-demand revalidation.
+    pub tags: Vec<String>,
+    /// Hash of the identity body (hex), the base of every ETag.
+    pub hash: String,
+    /// Which compressed variants exist.
+    pub br: bool,
+    /// See `br`.
+    pub gzip: bool,
+}
+
+impl Meta {
+    /// The timing facts the policy needs.
+    pub fn timing(&self) -> Timing {
+        Timing { generated: self.generated, revalidate: self.revalidate, expire: self.expire }
+    }
+
+    /// Encodes for the store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("meta serializes")
+    }
+
+    /// Decodes from the store.
+    pub fn from_bytes(b: &[u8]) -> Result<Meta, serde_json::Error> {
+        serde_json::from_slice(b)
+    }
+}
+
+/// A page ready to serve: metadata, bodies and pre-built header values.
+#[derive(Debug)]
+pub struct Entry {
+    /// Metadata.
+    pub meta: Meta,
+    /// The body as the origin sent it.
+    pub identity: Bytes,
+    /// Brotli variant.
+    pub br: Option<Bytes>,
+    /// gzip variant.
+    pub gzip: Option<Bytes>,
+    /// `meta.headers`, parsed once.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    etags: [HeaderValue; 3],
+}
+
+impl Entry {
+    /// Assembles an entry from metadata and bodies (from a fetch or from the store).
+    pub fn new(meta: Meta, identity: Bytes, br: Option<Bytes>, gzip: Option<Bytes>) -> Entry {
+        let headers = meta
+            .headers
+            .iter()
+            .filter_map(|(n, v)| {
+                Some((HeaderName::from_bytes(n.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
+            })
+            .collect();
+        let etags = Encoding::ALL.map(|e| {
+            HeaderValue::from_str(&format!("\"{}{}\"", meta.hash, e.etag_suffix()))
+                .expect("hex etag is a valid header")
+        });
+        Entry { meta, identity, br, gzip, headers, etags }
+    }
+
+    /// The body and encoding to send for an `Accept-Encoding` header.
+    pub fn body_for(&self, accept: Option<&HeaderValue>) -> (Encoding, &Bytes) {
+        let accepted = |name| accept.is_some_and(|a| accepts(a.as_bytes(), name));
+        match (&self.br, &self.gzip) {
+            (Some(b), _) if accepted("br") => (Encoding::Br, b),
+            (_, Some(g)) if accepted("gzip") => (Encoding::Gzip, g),
+            _ => (Encoding::Identity, &self.identity),
+        }
+    }
+
+    /// The ETag of one encoding.
+    pub fn etag(&self, e: Encoding) -> &HeaderValue {
+        &self.etags[e as usize]
+    }
+
+    /// True when compressed variants exist (so the response varies by `Accept-Encoding`).
+    pub fn varies(&self) -> bool {
+        self.br.is_some() || self.gzip.is_some()
+    }
+
+    /// Bytes this entry holds in memory (for the hot tier's budget).
+    pub fn weight(&self) -> u64 {
+        let bodies = self.identity.len()
+            + self.br.as_ref().map_or(0, Bytes::len)
+            + self.gzip.as_ref().map_or(0, Bytes::len);
+        let headers: usize = self.meta.headers.iter().map(|(n, v)| n.len() + v.len() + 64).sum();
+        let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
+        (bodies + headers + tags + 512) as u64
+    }
+}
+
+/// True when an `Accept-Encoding` value accepts `name` (a `q=0` refuses it).
+fn accepts(header: &[u8], name: &str) -> bool {
+    let Ok(text) = std::str::from_utf8(header) else { return false };
+    text.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        if !coding.eq_ignore_ascii_case(name) && coding != "*" {
+            return false;
+        }
+        !parts.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=")
+                .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+        })
+    })
+}
+
+/// True for content types worth compressing: HTML, CSS, JS, JSON, XML, SVG, text.
+pub fn is_compressible(content_type: &str) -> bool {
+    let ct = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    ct.starts_with("text/")
+        || ct.ends_with("+json")
+        || ct.ends_with("+xml")
+        || matches!(
+            ct.as_str(),
+            "application/json"
+                | "application/javascript"
+                | "application/x-javascript"
+                | "application/xml"
+                | "image/svg+xml"
+                | "application/manifest+json"
+        )
+}
+
+/// Brotli and gzip variants of `body`, each kept only when smaller than the original.
+/// CPU-bound: call from a blocking thread.
+pub fn compress(body: &[u8]) -> (Option<Bytes>, Option<Bytes>) {
+    if body.len() < 128 {
+        return (None, None);
+    }
+    let mut br = Vec::with_capacity(body.len() / 3);
+    {
+        let params = brotli::enc::BrotliEncoderParams { quality: 9, lgwin: 22, ..Default::default() };
+        let _ = brotli::BrotliCompress(&mut &body[..], &mut br, &params);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::new(6));
+    let gz = gz.write_all(body).and_then(|_| gz.finish()).ok();
+    let keep = |v: Vec<u8>| (v.len() < body.len()).then(|| Bytes::from(v));
+    (keep(br), gz.and_then(keep))
+}
+
+/// A strong validator for a body: 64-bit FNV-1a, hex.
+pub fn hash(body: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in body {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}{:x}", body.len())
+}
+
+/// True when an `If-None-Match` value matches `etag` (weak comparison, as RFC 9110 says).
+pub fn if_none_match(header: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(text) = header.to_str() else { return false };
+    let want = etag.as_bytes();
+    text.split(',').any(|t| {
+        let t = t.trim();
+        t == "*" || t.trim_start_matches("W/").as_bytes() == want
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(body: &str) -> Entry {
+        let (br, gz) = compress(body.as_bytes());
+        let meta = Meta {
+            status: 200,
+            headers: vec![("content-type".into(), "text/html".into())],
+            generated: 0,
+            revalidate: Some(1000),
+            expire: 10_000,
+            tags: vec![],
+            hash: hash(body.as_bytes()),
+            br: br.is_some(),
+            gzip: gz.is_some(),
+        };
+        Entry::new(meta, Bytes::from(body.to_string()), br, gz)
+    }
+
+    #[test]
+    fn encoding_follows_accept_encoding() {
+        let e = entry(&"<p>hello</p>".repeat(100));
+        let h = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(e.body_for(Some(&h("gzip, deflate, br"))).0, Encoding::Br);
+        assert_eq!(e.body_for(Some(&h("gzip"))).0, Encoding::Gzip);
+        assert_eq!(e.body_for(Some(&h("br;q=0, gzip"))).0, Encoding::Gzip);
+        assert_eq!(e.body_for(Some(&h("identity"))).0, Encoding::Identity);
+        assert_eq!(e.body_for(None).0, Encoding::Identity);
+        assert_ne!(e.etag(Encoding::Br), e.etag(Encoding::Identity));
+    }
+
+    #[test]
+    fn variants_decompress_to_the_original() {
+        use std::io::Read;
+        let text = "<p>hello</p>".repeat(100);
+        let e = entry(&text);
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&e.gzip.as_ref().unwrap()[..]).read_to_string(&mut out).unwrap();
+        assert_eq!(out, text);
+        let mut out = Vec::new();
+        brotli::BrotliDecompress(&mut &e.br.as_ref().unwrap()[..], &mut out).unwrap();
+        assert_eq!(out, text.as_bytes());
+    }
+
+    #[test]
+    fn small_bodies_are_not_compressed() {
+        assert!(!entry("tiny").varies());
+    }
+
+    #[test]
+    fn etag_matching() {
+        let e = entry("x");
+        let tag = e.etag(Encoding::Identity).clone();
+        let w = HeaderValue::from_str(&format!("W/{}", tag.to_str().unwrap())).unwrap();
+        assert!(if_none_match(&tag, &tag));
+        assert!(if_none_match(&w, &tag));
+        assert!(if_none_match(&HeaderValue::from_static("*"), &tag));
+        assert!(!if_none_match(&HeaderValue::from_static("\"other\""), &tag));
+    }
+
+    #[test]
+    fn compressible_types() {
+        assert!(is_compressible("text/html; charset=utf-8"));
+        assert!(is_compressible("application/json"));
+        assert!(is_compressible("image/svg+xml"));
+        assert!(!is_compressible("image/png"));
+    }
+}

@@ -1,0 +1,230 @@
+//! Cache keys: the normalised path plus the sorted, filtered query string.
+//!
+//! The key is also exactly what is requested from the origin, so the page stored under a
+//! key is always the page the origin serves for it.
+
+/// Normalises a request target (`path?query`) into a cache key.
+///
+/// - unreserved characters that were percent-encoded are decoded, other escapes get
+///   upper-case hex (`%2f` and `%2F` are one key);
+/// - `.` and `..` segments are resolved (never above the root);
+/// - query parameters are sorted by name (values of a repeated name keep their order),
+///   empty ones and those matching `ignore` (`utm_*` = prefix) are dropped.
+///
+/// The trailing slash is kept: `/blog` and `/blog/` are two keys.
+pub fn normalize(path: &str, query: Option<&str>, ignore: &[String]) -> String {
+    let mut key = normalize_path(path);
+    if let Some(q) = query {
+        let mut params: Vec<&str> = q
+            .split('&')
+            .filter(|p| !p.is_empty() && !is_ignored(param_name(p), ignore))
+            .collect();
+        if !params.is_empty() {
+            params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+            key.push('?');
+            for (i, p) in params.iter().enumerate() {
+                if i > 0 {
+                    key.push('&');
+                }
+                push_normalized_escapes(&mut key, p);
+            }
+        }
+    }
+    key
+}
+
+/// The path part of a key (everything before `?`).
+pub fn path_of(key: &str) -> &str {
+    key.split_once('?').map_or(key, |(p, _)| p)
+}
+
+fn param_name(p: &str) -> &str {
+    p.split_once('=').map_or(p, |(n, _)| n)
+}
+
+fn is_ignored(name: &str, ignore: &[String]) -> bool {
+    ignore.iter().any(|pat| match pat.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pat,
+    })
+}
+
+/// Decodes escaped unreserved characters and resolves dot segments.
+pub fn normalize_path(path: &str) -> String {
+    let mut decoded = String::with_capacity(path.len() + 1);
+    if !path.starts_with('/') {
+        decoded.push('/');
+    }
+    push_normalized_escapes(&mut decoded, path);
+    if !decoded.contains("/.") {
+        return decoded;
+    }
+    remove_dot_segments(&decoded)
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Appends `s`, decoding `%XX` of unreserved characters and upper-casing other escapes.
+fn push_normalized_escapes(out: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    if !bytes.contains(&b'%') {
+        out.push_str(s);
+        return;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let v = h * 16 + l;
+                if is_unreserved(v) {
+                    out.push(v as char);
+                } else {
+                    out.push('%');
+                    out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                    out.push(bytes[i + 2].to_ascii_uppercase() as char);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // `s` is valid UTF-8 and `%` is ASCII, so copying up to the next `%` is safe.
+        let next = s[i + 1..].find('%').map_or(s.len(), |n| i + 1 + n);
+        out.push_str(&s[i..next]);
+        i = next;
+    }
+}
+
+/// RFC 3986 section 5.2.4, on an absolute path.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut trailing_slash = false;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => trailing_slash = i == last,
+            ".." => {
+                out.pop();
+                trailing_slash = i == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut result = String::with_capacity(path.len());
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if trailing_slash || result.is_empty() {
+        result.push('/');
+    }
+    result
+}
+
+/// True when `path` is `prefix` or lies below it, segment-wise
+/// (`/blog` covers `/blog`, `/blog/`, `/blog/a/b`, not `/blogroll`; `/` covers all).
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The layout prefixes that cover `path`: `/`, then each leading run of segments.
+/// `/blog/a/` yields `/`, `/blog`, `/blog/a`.
+pub fn layout_prefixes(path: &str) -> impl Iterator<Item = &str> {
+    let trimmed = path.trim_end_matches('/');
+    std::iter::once("/").chain(
+        trimmed
+            .match_indices('/')
+            .skip(1)
+            .map(move |(i, _)| &trimmed[..i])
+            .chain((!trimmed.is_empty()).then_some(trimmed)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(target: &str) -> String {
+        let (p, q) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        normalize(p, q, &["utm_*".into(), "fbclid".into()])
+    }
+
+    #[test]
+    fn query_is_sorted_and_filtered() {
+        assert_eq!(key("/a?b=2&a=1"), "/a?a=1&b=2");
+        assert_eq!(key("/a?utm_source=x&fbclid=y"), "/a");
+        assert_eq!(key("/a?x=1&utm_medium=z&&"), "/a?x=1");
+        assert_eq!(key("/a?t=2&s=1&t=1"), "/a?s=1&t=2&t=1");
+        assert_eq!(key("/a?"), "/a");
+    }
+
+    #[test]
+    fn path_escapes_and_dot_segments() {
+        assert_eq!(key("/%62log/%7Euser"), "/blog/~user");
+        assert_eq!(key("/a%2fb"), "/a%2Fb");
+        assert_eq!(key("/a/../b"), "/b");
+        assert_eq!(key("/a/./b/"), "/a/b/");
+        assert_eq!(key("/../../etc/passwd"), "/etc/passwd");
+        assert_eq!(key("/a/%2e%2e/b"), "/b");
+        assert_eq!(key("/a/.."), "/");
+        assert_eq!(key("/a/b/."), "/a/b/");
+        assert_eq!(key("/100%"), "/100%");
+        assert_eq!(key("/x%4"), "/x%4");
+    }
+
+    #[test]
+    fn trailing_slash_is_significant() {
+        assert_ne!(key("/blog"), key("/blog/"));
+    }
+
+    #[test]
+    fn layout_coverage_is_segment_wise() {
+        assert!(is_under("/blog", "/blog"));
+        assert!(is_under("/blog/", "/blog"));
+        assert!(is_under("/blog/a/b", "/blog/"));
+        assert!(!is_under("/blogroll", "/blog"));
+        assert!(is_under("/anything", "/"));
+        let p: Vec<&str> = layout_prefixes("/blog/a/").collect();
+        assert_eq!(p, ["/", "/blog", "/blog/a"]);
+        let p: Vec<&str> = layout_prefixes("/").collect();
+        assert_eq!(p, ["/"]);
+    }
+
+    proptest! {
+        #[test]
+        fn normalization_is_idempotent(path in "(/[a-zA-Z0-9%._~-]{0,6}){1,5}/?", q in "[a-z=&%0-9]{0,20}") {
+            let once = normalize(&path, Some(&q), &[]);
+            let (p2, q2) = match once.split_once('?') { Some((p, q)) => (p, Some(q)), None => (once.as_str(), None) };
+            prop_assert_eq!(normalize(p2, q2, &[]), once.clone());
+        }
+
+        #[test]
+        fn layout_prefixes_all_cover_the_path(path in "(/[a-z]{0,3}){1,5}/?") {
+            for prefix in layout_prefixes(&path) {
+                prop_assert!(is_under(&path, prefix), "{} not under {}", path, prefix);
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! # isr: Incremental Static Regeneration in front of any website
+//!
+//! A request flows through these parts:
+//!
+//! ```text
+//! request ─► front ─► key + route ─► Engine::serve ─► policy::freshness(timing, tag clock mark, now)
+//!                                        │                    ├─ HIT / STALE ─► respond (STALE also starts a flight)
+//!                         HotTier ◄── Store (redb)            └─ MISS ─► flight (single-flight) ─► Origin
+//!                                        ▲
+//!            revalidation API ─► TagClock (+ store marks) ─► (eager) flights
+//! ```
+//!
+//! - [`policy`]: the rules, as pure functions of entry timing, the tag clock's mark and
+//!   `now`: fresh, stale or expired; `Cache-Control` for CDNs; freshness precedence;
+//!   what may be stored; backoff.
+//! - [`engine::Engine`]: single-flight per key for misses and regenerations (a *flight*
+//!   is a spawned task that outlives the request that started it), a semaphore bounding
+//!   background regenerations, backoff after failures, hit-for-miss, and on-demand
+//!   revalidation. It knows the [`store::Store`] trait, never a concrete store.
+//! - [`tags::TagClock`]: when each tag, page and layout was last revalidated. An entry
+//!   generated before a mark that concerns it is stale (or expired), so revalidating a
+//!   tag is one map write whatever the number of pages.
+//! - [`store`]: the `Store` trait and its adapters ([`store::RedbStore`], durable and
+//!   crash-safe; [`store::MemoryStore`]) and the byte-bounded [`store::HotTier`].
+//! - [`origin`]: the HTTP client side: fetching pages with requests that never carry
+//!   visitor data, proxying bypassed requests, and turning responses into
+//!   [`entry::Entry`] values with Brotli and gzip variants.
+//! - [`front`]: the HTTP server, the `/_isr/` routes and response headers.
+//! - [`config`], [`key`], [`route`], [`api`]: configuration, cache keys, routes and the
+//!   revalidation API's parsing.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod body;
+pub mod config;
+pub mod engine;
+pub mod entry;
+pub mod front;
+pub mod key;
+pub mod origin;
+pub mod policy;
+pub mod route;
+pub mod store;
+pub mod tags;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use api::Secrets;
+pub use config::Config;
+pub use engine::Engine;
+
+/// Failure to start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be used.
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A server that is bound and ready to run.
+pub struct Server {
+    front: Arc<front::Front>,
+    listener: tokio::net::TcpListener,
+}
+
+impl Server {
+    /// Opens the embedded store in `cfg.data_dir` and binds `cfg.listen`.
+    pub async fn bind(cfg: Config, secrets: Secrets) -> Result<Server, StartError> {
+        let store: Arc<dyn store::Store> = Arc::new(store::RedbStore::open(&cfg.data_dir)?);
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+        let engine = Engine::new(cfg, store).await?;
+        Ok(Server { front: front::Front::new(engine, secrets), listener })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.front.serve(self.listener, shutdown).await;
+    }
+}

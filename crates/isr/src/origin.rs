@@ -1,0 +1,447 @@
+//! The origin: fetching pages for the cache, proxying what is not cached, and turning an
+//! origin response into an [`Entry`] (header filtering, tags, freshness, compression).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{CacheConfig, Config};
+use crate::entry::{self, Entry, Meta};
+use crate::policy::{self, OriginFreshness, ResponseFacts, Uncacheable};
+use crate::route::Rules;
+
+/// Why the origin gave no usable response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// Connection refused, reset, DNS failure.
+    #[error("origin {origin} could not be reached: {detail}")]
+    Connect {
+        /// The origin URL.
+        origin: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// No complete response within `origin_timeout`.
+    #[error("origin {origin} did not answer within {timeout:?}")]
+    Timeout {
+        /// The origin URL.
+        origin: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The origin answered something that is not valid HTTP, or cut the body short.
+    #[error("origin {origin} sent an invalid response: {detail}")]
+    Invalid {
+        /// The origin URL.
+        origin: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl FetchError {
+    /// True for a timeout (answered 504 on a miss; other errors are 502).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, FetchError::Timeout { .. })
+    }
+
+    /// The status a visitor gets when this happens on a miss.
+    pub fn status(&self) -> StatusCode {
+        if self.is_timeout() {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        }
+    }
+}
+
+/// An origin response to a cache fetch.
+pub enum Fetched {
+    /// Fully read, within `max_body`.
+    Complete(http::response::Parts, Bytes),
+    /// Over `max_body`: what was read so far and the rest, for the visitor who asked.
+    TooLarge(http::response::Parts, Bytes, Incoming),
+}
+
+/// The HTTP client side of isr.
+pub struct Origin {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    proxy_client: Client<HttpConnector, Incoming>,
+    base: String,
+    host: HeaderValue,
+    forwarded: Option<(HeaderValue, HeaderValue)>,
+    user_agent: HeaderValue,
+    timeout: Duration,
+    max_body: u64,
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Origin headers that are not stored: hop-by-hop, the ones isr sets itself, and the
+/// control headers meant for isr only.
+const NOT_STORED: [&str; 12] = [
+    "content-length",
+    "cache-control",
+    "age",
+    "date",
+    "etag",
+    "expires",
+    "vary",
+    "x-isr-tags",
+    "x-isr-revalidate",
+    "cache-tag",
+    "surrogate-key",
+    "surrogate-control",
+];
+
+impl Origin {
+    /// A client for the configured origin.
+    pub fn new(cfg: &Config) -> Origin {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.cache.origin_timeout));
+        let builder = {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(Duration::from_secs(30)).set_host(false);
+            b
+        };
+        let base = cfg.origin.to_string().trim_end_matches('/').to_string();
+        let forwarded = cfg.public_url.as_ref().and_then(|u| {
+            Some((
+                HeaderValue::from_str(u.scheme_str()?).ok()?,
+                HeaderValue::from_str(u.authority()?.as_str()).ok()?,
+            ))
+        });
+        Origin {
+            client: builder.build(connector.clone()),
+            proxy_client: builder.build(connector),
+            base,
+            host: HeaderValue::from_str(&cfg.origin_host).expect("validated in config"),
+            forwarded,
+            user_agent: HeaderValue::from_str(&format!("isr/{}", env!("CARGO_PKG_VERSION")))
+                .expect("static"),
+            timeout: cfg.cache.origin_timeout,
+            max_body: cfg.cache.max_body,
+        }
+    }
+
+    /// The origin's URL, for messages.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn connect_error(&self, e: &hyper_util::client::legacy::Error) -> FetchError {
+        let detail = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
+        if e.is_connect() {
+            FetchError::Connect { origin: self.base.clone(), detail }
+        } else {
+            FetchError::Invalid { origin: self.base.clone(), detail }
+        }
+    }
+
+    /// Fetches `key` for the cache. The request is the same whoever triggered it: no
+    /// visitor header or cookie is ever part of it.
+    pub async fn fetch(&self, key: &str) -> Result<Fetched, FetchError> {
+        let mut req = Request::get(format!("{}{}", self.base, key))
+            .body(Empty::new())
+            .map_err(|e| FetchError::Invalid { origin: self.base.clone(), detail: e.to_string() })?;
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.host.clone());
+        h.insert(header::USER_AGENT, self.user_agent.clone());
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        if let Some((proto, host)) = &self.forwarded {
+            h.insert("x-forwarded-proto", proto.clone());
+            h.insert("x-forwarded-host", host.clone());
+        }
+        let work = async {
+            let res = self.client.request(req).await.map_err(|e| self.connect_error(&e))?;
+            let (parts, mut body) = res.into_parts();
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > self.max_body) {
+                return Ok(Fetched::TooLarge(parts, Bytes::new(), body));
+            }
+            let mut buf = BytesMut::with_capacity(declared.unwrap_or(16384).min(self.max_body) as usize);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| FetchError::Invalid {
+                    origin: self.base.clone(),
+                    detail: format!("body cut short: {e}"),
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() as u64 > self.max_body {
+                        return Ok(Fetched::TooLarge(parts, buf.freeze(), body));
+                    }
+                }
+            }
+            Ok(Fetched::Complete(parts, buf.freeze()))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout { origin: self.base.clone(), timeout: self.timeout }),
+        }
+    }
+
+    /// Proxies a visitor's request as it is (bypass, non-GET methods): the visitor's
+    /// headers minus hop-by-hop ones, `Host` = origin_host, `X-Forwarded-For` appended.
+    pub async fn proxy(&self, req: Request<Incoming>, client: IpAddr) -> Result<Response<Incoming>, FetchError> {
+        let (parts, body) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut out = Request::builder()
+            .method(parts.method)
+            .uri(format!("{}{}", self.base, target))
+            .body(body)
+            .map_err(|e| FetchError::Invalid { origin: self.base.clone(), detail: e.to_string() })?;
+        let h = out.headers_mut();
+        *h = parts.headers;
+        strip_hop_by_hop(h);
+        h.insert(header::HOST, self.host.clone());
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {client}"),
+            None => client.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+        match tokio::time::timeout(self.timeout, self.proxy_client.request(out)).await {
+            Ok(Ok(mut res)) => {
+                strip_hop_by_hop(res.headers_mut());
+                Ok(res)
+            }
+            Ok(Err(e)) => Err(self.connect_error(&e)),
+            Err(_) => Err(FetchError::Timeout { origin: self.base.clone(), timeout: self.timeout }),
+        }
+    }
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// Reads the cacheability facts of an origin response.
+pub fn response_facts(h: &HeaderMap) -> ResponseFacts {
+    let cc = directives(h, header::CACHE_CONTROL);
+    ResponseFacts {
+        set_cookie: h.contains_key(header::SET_COOKIE),
+        private: cc.iter().any(|(n, _)| n == "private" || n == "no-store"),
+        vary_cookie: h
+            .get_all(header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| {
+                let v = v.trim();
+                v == "*" || v.eq_ignore_ascii_case("cookie")
+            }),
+    }
+}
+
+/// Lower-cased `Cache-Control` directives with their values.
+fn directives(h: &HeaderMap, name: HeaderName) -> Vec<(String, Option<String>)> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| match d.split_once('=') {
+            Some((n, v)) => (n.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"').to_string())),
+            None => (d.trim().to_ascii_lowercase(), None),
+        })
+        .collect()
+}
+
+/// Reads what the origin says about freshness. Values that do not parse are ignored
+/// with a warning.
+pub fn origin_freshness(h: &HeaderMap, key: &str) -> OriginFreshness {
+    let mut f = OriginFreshness::default();
+    if let Some(v) = h.get("x-isr-revalidate") {
+        match v.to_str().map(str::trim) {
+            Ok("false") => f.isr_revalidate = Some(None),
+            Ok(s) => match s.parse::<u64>() {
+                Ok(n) => f.isr_revalidate = Some(Some(n.saturating_mul(1000))),
+                Err(_) => tracing::warn!(key, value = s, "ignoring x-isr-revalidate: expected seconds or `false`"),
+            },
+            Err(_) => tracing::warn!(key, "ignoring x-isr-revalidate: not text"),
+        }
+    }
+    for (name, value) in directives(h, header::CACHE_CONTROL) {
+        let secs = || {
+            let v = value.as_deref()?;
+            match v.parse::<u64>() {
+                Ok(n) => Some(n.saturating_mul(1000)),
+                Err(_) => {
+                    tracing::warn!(key, directive = %name, value = v, "ignoring a Cache-Control directive that is not a number");
+                    None
+                }
+            }
+        };
+        match name.as_str() {
+            "s-maxage" => f.s_maxage = secs().or(f.s_maxage),
+            "stale-while-revalidate" => f.swr = secs().or(f.swr),
+            _ => {}
+        }
+    }
+    f
+}
+
+/// Tags the origin gave: `x-isr-tags` and `Cache-Tag` (comma-separated), `Surrogate-Key`
+/// (space-separated).
+pub fn origin_tags(h: &HeaderMap) -> Vec<String> {
+    let mut tags = Vec::new();
+    let mut add = |name: &str, sep: char| {
+        for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+            tags.extend(v.split(sep).map(str::trim).filter(|t| !t.is_empty()).map(String::from));
+        }
+    };
+    add("x-isr-tags", ',');
+    add("cache-tag", ',');
+    add("surrogate-key", ' ');
+    tags
+}
+
+/// Turns a complete origin response into an entry (without compressed variants yet;
+/// see [`with_variants`]). `Err` when it must not be shared.
+pub fn build_entry(
+    parts: &http::response::Parts,
+    body: Bytes,
+    rules: &Rules,
+    cache: &CacheConfig,
+    key: &str,
+    generated: u64,
+) -> Result<Entry, Uncacheable> {
+    policy::cacheability(&response_facts(&parts.headers))?;
+    let (revalidate, expire) = policy::resolve_timing(
+        rules.revalidate,
+        origin_freshness(&parts.headers, key),
+        cache.revalidate,
+        cache.expire,
+    );
+    let mut tags = rules.tags.clone();
+    for t in origin_tags(&parts.headers) {
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    for n in NOT_STORED {
+        headers.remove(n);
+    }
+    let headers = headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let meta = Meta {
+        status: parts.status.as_u16(),
+        headers,
+        generated,
+        revalidate,
+        expire,
+        tags,
+        hash: entry::hash(&body),
+        br: false,
+        gzip: false,
+    };
+    Ok(Entry::new(meta, body, None, None))
+}
+
+/// Adds Brotli and gzip variants when the content type is worth it and the origin did
+/// not encode the body itself. CPU-bound: call from a blocking thread.
+pub fn with_variants(e: Entry) -> Entry {
+    let header = |name: &str| e.meta.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let encoded = header("content-encoding").is_some_and(|v| v != "identity");
+    if encoded || !header("content-type").is_some_and(entry::is_compressible) {
+        return e;
+    }
+    let (br, gzip) = entry::compress(&e.identity);
+    let mut meta = e.meta;
+    meta.br = br.is_some();
+    meta.gzip = gzip.is_some();
+    Entry::new(meta, e.identity, br, gzip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> http::response::Parts {
+        let mut b = Response::builder().status(200);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn uncacheable_responses() {
+        let rules = Rules { cache: true, ..Default::default() };
+        let c = CacheConfig::default();
+        let build = |h: &[(&str, &str)]| build_entry(&parts(h), Bytes::new(), &rules, &c, "/", 0).err();
+        assert_eq!(build(&[("set-cookie", "a=b")]), Some(Uncacheable::SetCookie));
+        assert_eq!(build(&[("cache-control", "private, max-age=0")]), Some(Uncacheable::Private));
+        assert_eq!(build(&[("cache-control", "no-store")]), Some(Uncacheable::Private));
+        assert_eq!(build(&[("vary", "Accept-Encoding, Cookie")]), Some(Uncacheable::Vary));
+        assert_eq!(build(&[("vary", "*")]), Some(Uncacheable::Vary));
+        assert_eq!(build(&[("vary", "accept-language")]), None);
+    }
+
+    #[test]
+    fn tags_headers_and_freshness_from_the_origin() {
+        let rules = Rules { cache: true, tags: vec!["route".into()], ..Default::default() };
+        let p = parts(&[
+            ("x-isr-tags", "a, b"),
+            ("cache-tag", "c,route"),
+            ("surrogate-key", "d  e"),
+            ("cache-control", "public, s-maxage=30, stale-while-revalidate=60"),
+            ("content-type", "text/html"),
+            ("connection", "x-custom"),
+            ("x-custom", "hop"),
+            ("x-kept", "yes"),
+        ]);
+        let e = build_entry(&p, Bytes::from_static(b"hi"), &rules, &CacheConfig::default(), "/", 7).unwrap();
+        assert_eq!(e.meta.tags, ["route", "a", "b", "c", "d", "e"]);
+        assert_eq!((e.meta.revalidate, e.meta.expire), (Some(30_000), 90_000));
+        let names: Vec<&str> = e.meta.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn unparseable_control_headers_are_ignored() {
+        let h = parts(&[("x-isr-revalidate", "soon"), ("cache-control", "s-maxage=abc")]).headers;
+        assert_eq!(origin_freshness(&h, "/"), OriginFreshness::default());
+        let h = parts(&[("x-isr-revalidate", "false")]).headers;
+        assert_eq!(origin_freshness(&h, "/").isr_revalidate, Some(None));
+    }
+}

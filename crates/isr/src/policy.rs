@@ -1,0 +1,319 @@
+//! The rules of ISR as pure functions: no I/O, no clocks, no async.
+//!
+//! Everything here takes `now` (unix milliseconds) as an argument, so the rules can be
+//! read in one place and tested exhaustively.
+
+use crate::config::Window;
+
+/// How fresh a stored entry is at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Serve it (`HIT`).
+    Fresh,
+    /// Serve it and regenerate in the background (`STALE`).
+    Stale,
+    /// Do not serve it unless the origin fails: the request waits (`MISS`).
+    Expired,
+}
+
+/// On-demand revalidations that may affect an entry: the latest time it was asked to be
+/// served stale, and the latest time it was asked to expire (unix ms, 0 = never).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// Entries generated at or before this are stale.
+    pub stale_at: u64,
+    /// Entries generated at or before this are expired.
+    pub expire_at: u64,
+}
+
+impl Mark {
+    /// The union of two marks: an entry is invalidated if either invalidates it.
+    pub fn merge(self, other: Mark) -> Mark {
+        Mark {
+            stale_at: self.stale_at.max(other.stale_at),
+            expire_at: self.expire_at.max(other.expire_at),
+        }
+    }
+
+    /// A revalidation at `now`: `expire` also makes entries stale.
+    pub fn at(now: u64, expire: bool) -> Mark {
+        Mark { stale_at: now, expire_at: if expire { now } else { 0 } }
+    }
+}
+
+/// The timing facts of a stored entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// When the origin fetch that produced it started (unix ms).
+    pub generated: u64,
+    /// Revalidate window in ms (`None` = only on demand).
+    pub revalidate: Window,
+    /// Age in ms past which it is not served stale.
+    pub expire: u64,
+}
+
+impl Timing {
+    /// Age at `now` in ms (0 if the clock went backwards).
+    pub fn age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.generated)
+    }
+}
+
+/// Decides the state of an entry. `mark` is the merge of every on-demand revalidation
+/// that concerns it (its tags, its path, the layouts above it).
+pub fn freshness(t: &Timing, mark: Mark, now: u64) -> Freshness {
+    let age = t.age(now);
+    // A mark of 0 means "never revalidated".
+    let marked = |at: u64| at != 0 && t.generated <= at;
+    if age >= t.expire || marked(mark.expire_at) {
+        Freshness::Expired
+    } else if marked(mark.stale_at) || t.revalidate.is_some_and(|r| age >= r) {
+        Freshness::Stale
+    } else {
+        Freshness::Fresh
+    }
+}
+
+/// `Cache-Control` for a cached response, so a CDN in front keeps the same schedule:
+/// `public, s-maxage=<s until stale>, stale-while-revalidate=<s from then until expire>`,
+/// or `public, s-maxage=<s until expire>` for an entry without a revalidate window.
+pub fn cache_control(t: &Timing, state: Freshness, now: u64) -> String {
+    let age = t.age(now);
+    let until_expire = t.expire.saturating_sub(age);
+    match t.revalidate {
+        None if state == Freshness::Fresh => {
+            format!("public, s-maxage={}", secs(until_expire))
+        }
+        _ => {
+            let until_stale = match (state, t.revalidate) {
+                (Freshness::Fresh, Some(r)) => r.saturating_sub(age).min(until_expire),
+                _ => 0,
+            };
+            let swr = until_expire.saturating_sub(until_stale);
+            format!(
+                "public, s-maxage={}, stale-while-revalidate={}",
+                secs(until_stale),
+                secs(swr)
+            )
+        }
+    }
+}
+
+/// Whole seconds, rounded down (an HTTP delta-seconds value).
+pub fn secs(ms: u64) -> u64 {
+    ms / 1000
+}
+
+/// What the origin said about freshness, already parsed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginFreshness {
+    /// `x-isr-revalidate`: seconds (as ms) or `false`.
+    pub isr_revalidate: Option<Window>,
+    /// `Cache-Control: s-maxage` in ms.
+    pub s_maxage: Option<u64>,
+    /// `Cache-Control: stale-while-revalidate` in ms.
+    pub swr: Option<u64>,
+}
+
+/// Resolves an entry's revalidate window and expire age, in order of precedence: the
+/// route's window; `x-isr-revalidate`; `s-maxage` (with expire = s-maxage + swr when
+/// swr is given); the default.
+pub fn resolve_timing(
+    route: Option<Window>,
+    origin: OriginFreshness,
+    default_revalidate: Window,
+    default_expire: u64,
+) -> (Window, u64) {
+    if let Some(w) = route {
+        return (w, default_expire);
+    }
+    if let Some(w) = origin.isr_revalidate {
+        return (w, default_expire);
+    }
+    if let Some(n) = origin.s_maxage {
+        let expire = origin.swr.map_or(default_expire, |swr| n.saturating_add(swr));
+        return (Some(n), expire);
+    }
+    (default_revalidate, default_expire)
+}
+
+/// Statuses that are stored (as Next.js and shared caches do).
+pub fn is_storable_status(status: u16) -> bool {
+    matches!(status, 200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 410)
+}
+
+/// Why an origin response cannot be stored and shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uncacheable {
+    /// It sets a cookie.
+    SetCookie,
+    /// `Cache-Control: private` or `no-store`.
+    Private,
+    /// `Vary: *` or `Vary: Cookie`.
+    Vary,
+    /// The body is over `max_body`.
+    TooLarge,
+}
+
+/// The facts about an origin response that decide whether it may be shared.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseFacts {
+    /// It has a `Set-Cookie` header.
+    pub set_cookie: bool,
+    /// Its `Cache-Control` says `private` or `no-store`.
+    pub private: bool,
+    /// Its `Vary` names `*` or `Cookie`.
+    pub vary_cookie: bool,
+}
+
+/// `Err` when a response must go only to the visitor who asked.
+pub fn cacheability(f: &ResponseFacts) -> Result<(), Uncacheable> {
+    if f.set_cookie {
+        Err(Uncacheable::SetCookie)
+    } else if f.private {
+        Err(Uncacheable::Private)
+    } else if f.vary_cookie {
+        Err(Uncacheable::Vary)
+    } else {
+        Ok(())
+    }
+}
+
+/// How long a key stays known as uncacheable (hit-for-miss): the route's window, at most
+/// five minutes.
+pub fn hit_for_miss_ms(revalidate: Window) -> u64 {
+    const CAP: u64 = 5 * 60 * 1000;
+    revalidate.map_or(CAP, |r| r.min(CAP))
+}
+
+/// Delay before the next regeneration after `failures` failures in a row: 3 s doubling,
+/// capped at the revalidate window (five minutes without one).
+pub fn backoff_ms(failures: u32, revalidate: Window) -> u64 {
+    let cap = revalidate.unwrap_or(5 * 60 * 1000).max(1000);
+    let exp = failures.saturating_sub(1).min(20);
+    (3000u64 << exp).min(cap)
+}
+
+/// Whether an origin status counts as a regeneration failure (the old page stays).
+pub fn is_regeneration_failure(status: u16) -> bool {
+    !is_storable_status(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: u64 = 1000;
+
+    fn timing(generated: u64, revalidate: Window, expire: u64) -> Timing {
+        Timing { generated, revalidate, expire }
+    }
+
+    #[test]
+    fn states_follow_age() {
+        let t = timing(1_000_000, Some(60 * S), 3600 * S);
+        let none = Mark::default();
+        assert_eq!(freshness(&t, none, 1_000_000), Freshness::Fresh);
+        assert_eq!(freshness(&t, none, 1_000_000 + 59_999), Freshness::Fresh);
+        assert_eq!(freshness(&t, none, 1_000_000 + 60 * S), Freshness::Stale);
+        assert_eq!(freshness(&t, none, 1_000_000 + 3600 * S), Freshness::Expired);
+    }
+
+    #[test]
+    fn on_demand_only_never_goes_stale_by_age() {
+        let t = timing(0, None, 100 * S);
+        assert_eq!(freshness(&t, Mark::default(), 99 * S), Freshness::Fresh);
+        assert_eq!(freshness(&t, Mark::default(), 100 * S), Freshness::Expired);
+    }
+
+    #[test]
+    fn marks_apply_to_entries_generated_before_them() {
+        let t = timing(5000, Some(60 * S), 3600 * S);
+        assert_eq!(freshness(&t, Mark::at(5000, false), 6000), Freshness::Stale);
+        assert_eq!(freshness(&t, Mark::at(4999, false), 6000), Freshness::Fresh);
+        assert_eq!(freshness(&t, Mark::at(6000, true), 6000), Freshness::Expired);
+        // A later stale mark does not undo an earlier expire.
+        let m = Mark::at(6000, true).merge(Mark::at(7000, false));
+        assert_eq!(freshness(&t, m, 8000), Freshness::Expired);
+    }
+
+    #[test]
+    fn cache_control_counts_down() {
+        let t = timing(0, Some(60 * S), 3600 * S);
+        assert_eq!(
+            cache_control(&t, Freshness::Fresh, 10 * S),
+            "public, s-maxage=50, stale-while-revalidate=3540"
+        );
+        assert_eq!(
+            cache_control(&t, Freshness::Stale, 100 * S),
+            "public, s-maxage=0, stale-while-revalidate=3500"
+        );
+        let never = timing(0, None, 3600 * S);
+        assert_eq!(cache_control(&never, Freshness::Fresh, 600 * S), "public, s-maxage=3000");
+    }
+
+    #[test]
+    fn timing_precedence() {
+        let origin = OriginFreshness {
+            isr_revalidate: Some(Some(30 * S)),
+            s_maxage: Some(10 * S),
+            swr: Some(20 * S),
+        };
+        assert_eq!(resolve_timing(Some(Some(60 * S)), origin, Some(S), 99 * S), (Some(60 * S), 99 * S));
+        assert_eq!(resolve_timing(None, origin, Some(S), 99 * S), (Some(30 * S), 99 * S));
+        let cc = OriginFreshness { s_maxage: Some(10 * S), swr: Some(20 * S), ..Default::default() };
+        assert_eq!(resolve_timing(None, cc, Some(S), 99 * S), (Some(10 * S), 30 * S));
+        let cc = OriginFreshness { s_maxage: Some(10 * S), ..Default::default() };
+        assert_eq!(resolve_timing(None, cc, Some(S), 99 * S), (Some(10 * S), 99 * S));
+        assert_eq!(resolve_timing(None, OriginFreshness::default(), None, 99 * S), (None, 99 * S));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff_ms(1, Some(3600 * S)), 3 * S);
+        assert_eq!(backoff_ms(2, Some(3600 * S)), 6 * S);
+        assert_eq!(backoff_ms(3, Some(3600 * S)), 12 * S);
+        assert_eq!(backoff_ms(10, Some(60 * S)), 60 * S);
+        assert_eq!(backoff_ms(30, None), 300 * S);
+    }
+
+    #[test]
+    fn storable_statuses() {
+        for s in [200, 203, 204, 300, 301, 302, 307, 308, 404, 410] {
+            assert!(is_storable_status(s));
+        }
+        for s in [201, 206, 304, 400, 401, 403, 429, 500, 502, 503] {
+            assert!(!is_storable_status(s));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn state_only_gets_worse_with_time(gen in 0u64..1_000_000, rev in proptest::option::of(0u64..100_000),
+                                            exp in 0u64..1_000_000, stale in 0u64..2_000_000, expire_at in 0u64..2_000_000,
+                                            now in 0u64..2_000_000, later in 0u64..1_000_000) {
+            let t = timing(gen, rev, exp);
+            let m = Mark { stale_at: stale, expire_at };
+            let rank = |f| match f { Freshness::Fresh => 0, Freshness::Stale => 1, Freshness::Expired => 2 };
+            prop_assert!(rank(freshness(&t, m, now)) <= rank(freshness(&t, m, now + later)));
+        }
+
+        #[test]
+        fn a_mark_never_makes_an_entry_fresher(gen in 0u64..1000, now in 0u64..3000, a in 0u64..3000, b in 0u64..3000, e in any::<bool>()) {
+            let t = timing(gen, Some(500), 2000);
+            let rank = |f| match f { Freshness::Fresh => 0, Freshness::Stale => 1, Freshness::Expired => 2 };
+            let base = Mark::at(a, false);
+            prop_assert!(rank(freshness(&t, base, now)) <= rank(freshness(&t, base.merge(Mark::at(b, e)), now)));
+        }
+
+        #[test]
+        fn cache_control_never_promises_past_expire(gen in 0u64..1000, rev in proptest::option::of(0u64..5000), exp in 0u64..10_000, now in 0u64..20_000) {
+            let t = timing(gen, rev, exp);
+            let state = freshness(&t, Mark::default(), now);
+            let cc = cache_control(&t, state, now);
+            let total: u64 = cc.split(", ").filter_map(|p| p.split_once('=')).map(|(_, v)| v.parse::<u64>().unwrap()).sum();
+            prop_assert!(total * 1000 <= exp.saturating_sub(t.age(now)) + 1000);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! A store that lives in memory only: for tests and for embedding without a disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use super::{Store, StoreError, StoreFuture};
+use crate::entry::{Entry, Meta};
+use crate::policy::Mark;
+
+/// Entries and marks in maps; nothing survives the process.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<String, Arc<Entry>>,
+    marks: HashMap<String, Mark>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T, StoreError> {
+        let mut inner = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        Ok(f(&mut inner))
+    }
+}
+
+fn copy(e: &Entry) -> Entry {
+    Entry::new(e.meta.clone(), e.identity.clone(), e.br.clone(), e.gzip.clone())
+}
+
+impl Store for MemoryStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
+        Box::pin(async move { self.with(|i| i.entries.get(key).map(|e| copy(e))) })
+    }
+
+    fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
+        Box::pin(async move { self.with(|i| i.entries.get(key).map(|e| e.meta.clone())) })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            self.with(|i| {
+                if i.entries.get(key).is_some_and(|old| old.meta.generated > entry.meta.generated) {
+                    return false;
+                }
+                i.entries.insert(key.to_string(), entry);
+                true
+            })
+        })
+    }
+
+    fn keys_with_tag<'a>(&'a self, tag: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            self.with(|i| {
+                i.entries
+                    .iter()
+                    .filter(|(_, e)| e.meta.tags.iter().any(|t| t == tag))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+        })
+    }
+
+    fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            self.with(|i| {
+                i.entries
+                    .range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+        })
+    }
+
+    fn put_mark<'a>(&'a self, name: &'a str, mark: Mark) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.with(|i| {
+                let m = i.marks.entry(name.to_string()).or_default();
+                *m = m.merge(mark);
+            })
+        })
+    }
+
+    fn load_marks(&self) -> StoreFuture<'_, Vec<(String, Mark)>> {
+        Box::pin(async move { self.with(|i| i.marks.iter().map(|(k, v)| (k.clone(), *v)).collect()) })
+    }
+}

@@ -1,0 +1,329 @@
+//! The embedded durable store: one redb file in `data_dir`.
+//!
+//! Tables: `meta` (key → metadata), `body` ((key, encoding) → bytes), `tags`
+//! ((tag, key) → ()) for eager tag revalidation, `marks` (name → (stale_at, expire_at)).
+//! Metadata is apart from bodies so freshness checks never read a body.
+//!
+//! Writes go to one writer thread that groups whatever is queued into a single
+//! transaction (group commit): one fsync serves many pages. Every commit uses redb's
+//! quick-repair mode, so opening after `kill -9` is instant instead of a full scan, and
+//! a commit is atomic: an entry is either entirely the old one or entirely the new one.
+//!
+//! Reads run inline on the calling task: they are short B-tree lookups served from
+//! redb's page cache.
+
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::{Store, StoreError, StoreFuture};
+use crate::entry::{Encoding, Entry, Meta};
+use crate::policy::Mark;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BODY: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("body");
+const TAGS: TableDefinition<(&str, &str), ()> = TableDefinition::new("tags");
+const MARKS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("marks");
+
+/// Writes queued per transaction at most, so one commit stays short.
+const MAX_BATCH: usize = 512;
+
+/// The redb-backed store.
+pub struct RedbStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Write>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbStore {
+    /// Lets the writer finish what is queued and release the file.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.writer, mpsc::channel().0));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Op {
+    Put { key: String, entry: Arc<Entry> },
+    Mark { name: String, mark: Mark },
+}
+
+struct Write {
+    op: Op,
+    done: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl RedbStore {
+    /// Opens (or creates) `dir/isr.redb`.
+    pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create data_dir {}: {e}", dir.display())))?;
+        let path = dir.join("isr.redb");
+        let db = Database::builder()
+            .set_cache_size(64 << 20)
+            .create(&path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let mut txn = db.begin_write().map_err(err)?;
+        txn.set_quick_repair(true);
+        {
+            txn.open_table(META).map_err(err)?;
+            txn.open_table(BODY).map_err(err)?;
+            txn.open_table(TAGS).map_err(err)?;
+            txn.open_table(MARKS).map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        let db = Arc::new(db);
+        let (writer, queue) = mpsc::channel();
+        let wdb = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("isr-store-writer".into())
+            .spawn(move || write_loop(&wdb, &queue))
+            .map_err(err)?;
+        Ok(RedbStore { db, writer, thread: Some(thread) })
+    }
+
+    fn submit(&self, op: Op) -> StoreFuture<'_, bool> {
+        let (done, rx) = oneshot::channel();
+        let sent = self.writer.send(Write { op, done });
+        Box::pin(async move {
+            sent.map_err(|_| StoreError("the store writer has stopped".into()))?;
+            rx.await.map_err(|_| StoreError("the store writer has stopped".into()))?
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        f(&txn)
+    }
+}
+
+fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        match apply(db, &batch) {
+            Ok(results) => {
+                for (w, r) in batch.into_iter().zip(results) {
+                    let _ = w.done.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed; the pages stay in memory only");
+                for w in batch {
+                    let _ = w.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a batch in one transaction; returns per write whether it changed anything.
+fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
+    let mut txn = db.begin_write().map_err(err)?;
+    txn.set_quick_repair(true);
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut meta = txn.open_table(META).map_err(err)?;
+        let mut body = txn.open_table(BODY).map_err(err)?;
+        let mut tags = txn.open_table(TAGS).map_err(err)?;
+        let mut marks = txn.open_table(MARKS).map_err(err)?;
+        for w in batch {
+            match &w.op {
+                Op::Put { key, entry } => {
+                    let old = meta
+                        .get(key.as_str())
+                        .map_err(err)?
+                        .and_then(|g| Meta::from_bytes(g.value()).ok());
+                    if old.as_ref().is_some_and(|o| o.generated > entry.meta.generated) {
+                        results.push(false);
+                        continue;
+                    }
+                    if let Some(old) = old {
+                        for t in &old.tags {
+                            tags.remove((t.as_str(), key.as_str())).map_err(err)?;
+                        }
+                    }
+                    meta.insert(key.as_str(), entry.meta.to_bytes().as_slice()).map_err(err)?;
+                    for enc in Encoding::ALL {
+                        let variant = match enc {
+                            Encoding::Identity => Some(&entry.identity),
+                            Encoding::Br => entry.br.as_ref(),
+                            Encoding::Gzip => entry.gzip.as_ref(),
+                        };
+                        match variant {
+                            Some(b) => body.insert((key.as_str(), enc.code()), &b[..]).map(|_| ()),
+                            None => body.remove((key.as_str(), enc.code())).map(|_| ()),
+                        }
+                        .map_err(err)?;
+                    }
+                    for t in &entry.meta.tags {
+                        tags.insert((t.as_str(), key.as_str()), ()).map_err(err)?;
+                    }
+                    results.push(true);
+                }
+                Op::Mark { name, mark } => {
+                    let old = marks
+                        .get(name.as_str())
+                        .map_err(err)?
+                        .map(|g| {
+                            let (s, e) = g.value();
+                            Mark { stale_at: s, expire_at: e }
+                        })
+                        .unwrap_or_default();
+                    let m = old.merge(*mark);
+                    marks.insert(name.as_str(), (m.stale_at, m.expire_at)).map_err(err)?;
+                    results.push(true);
+                }
+            }
+        }
+    }
+    txn.commit().map_err(err)?;
+    Ok(results)
+}
+
+impl Store for RedbStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
+        let r = self.read(|txn| {
+            let meta = txn.open_table(META).map_err(err)?;
+            let Some(m) = meta.get(key).map_err(err)? else { return Ok(None) };
+            let m = Meta::from_bytes(m.value()).map_err(err)?;
+            let body = txn.open_table(BODY).map_err(err)?;
+            let load = |e: Encoding| -> Result<Option<Bytes>, StoreError> {
+                Ok(body
+                    .get((key, e.code()))
+                    .map_err(err)?
+                    .map(|g| Bytes::copy_from_slice(g.value())))
+            };
+            let identity = load(Encoding::Identity)?.unwrap_or_default();
+            let br = if m.br { load(Encoding::Br)? } else { None };
+            let gzip = if m.gzip { load(Encoding::Gzip)? } else { None };
+            Ok(Some(Entry::new(m, identity, br, gzip)))
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
+        let r = self.read(|txn| {
+            let meta = txn.open_table(META).map_err(err)?;
+            match meta.get(key).map_err(err)? {
+                Some(m) => Meta::from_bytes(m.value()).map(Some).map_err(err),
+                None => Ok(None),
+            }
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
+        self.submit(Op::Put { key: key.to_string(), entry })
+    }
+
+    fn keys_with_tag<'a>(&'a self, tag: &'a str) -> StoreFuture<'a, Vec<String>> {
+        let r = self.read(|txn| {
+            let tags = txn.open_table(TAGS).map_err(err)?;
+            let mut keys = Vec::new();
+            for row in tags.range((tag, "")..).map_err(err)? {
+                let (k, _) = row.map_err(err)?;
+                let (t, key) = k.value();
+                if t != tag {
+                    break;
+                }
+                keys.push(key.to_string());
+            }
+            Ok(keys)
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
+        let r = self.read(|txn| {
+            let meta = txn.open_table(META).map_err(err)?;
+            let mut keys = Vec::new();
+            for row in meta.range(prefix..).map_err(err)? {
+                let (k, _) = row.map_err(err)?;
+                let k = k.value();
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                keys.push(k.to_string());
+            }
+            Ok(keys)
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn put_mark<'a>(&'a self, name: &'a str, mark: Mark) -> StoreFuture<'a, ()> {
+        let done = self.submit(Op::Mark { name: name.to_string(), mark });
+        Box::pin(async move { done.await.map(|_| ()) })
+    }
+
+    fn load_marks(&self) -> StoreFuture<'_, Vec<(String, Mark)>> {
+        let r = self.read(|txn| {
+            let marks = txn.open_table(MARKS).map_err(err)?;
+            let mut out = Vec::new();
+            for row in marks.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let (s, e) = v.value();
+                out.push((k.value().to_string(), Mark { stale_at: s, expire_at: e }));
+            }
+            Ok(out)
+        });
+        Box::pin(std::future::ready(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(body: &str, generated: u64, tags: &[&str]) -> Arc<Entry> {
+        let meta = Meta {
+            status: 200,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            generated,
+            revalidate: Some(60_000),
+            expire: 3_600_000,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            hash: crate::entry::hash(body.as_bytes()),
+            br: false,
+            gzip: false,
+        };
+        Arc::new(Entry::new(meta, Bytes::from(body.to_string()), None, None))
+    }
+
+    #[tokio::test]
+    async fn pages_marks_and_tag_index_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            assert!(s.put("/a", entry("one", 10, &["x", "y"])).await.unwrap());
+            assert!(s.put("/a", entry("two", 20, &["y", "z"])).await.unwrap());
+            assert!(!s.put("/a", entry("older", 15, &[])).await.unwrap());
+            s.put("/ab", entry("ab", 10, &["y"])).await.unwrap();
+            s.put_mark("t:y", Mark::at(5, false)).await.unwrap();
+            s.put_mark("t:y", Mark::at(3, true)).await.unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        let e = s.get("/a").await.unwrap().unwrap();
+        assert_eq!(&e.identity[..], b"two");
+        assert!(s.keys_with_tag("x").await.unwrap().is_empty());
+        assert_eq!(s.keys_with_tag("y").await.unwrap(), ["/a", "/ab"]);
+        assert_eq!(s.keys_with_tag("z").await.unwrap(), ["/a"]);
+        assert_eq!(s.keys_with_prefix("/a").await.unwrap(), ["/a", "/ab"]);
+        assert_eq!(s.load_marks().await.unwrap(), [("t:y".to_string(), Mark { stale_at: 5, expire_at: 3 })]);
+        assert!(s.get("/missing").await.unwrap().is_none());
+    }
+}
