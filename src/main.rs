@@ -1,1 +1,170 @@
-fn main() {}
+//! The `isr` command: reads flags and config, then hands over to the `isr` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod client;
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "isr", version, about = "Incremental Static Regeneration in front of any website")]
+struct Cli {
+    /// Log format on stderr (default: human on a terminal, JSON otherwise is not assumed).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the site through the cache.
+    Serve(ServeArgs),
+    /// A self-contained demo: a built-in blog origin with isr in front of it.
+    Demo(demo::DemoArgs),
+    /// Ask a running isr to revalidate paths or tags (secret from ISR_SECRET).
+    Revalidate(client::RevalidateArgs),
+    /// Validate a config file and print its routes.
+    Check {
+        /// Config file (default: ./isr.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Config file (default: ./isr.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Origin URL, e.g. http://127.0.0.1:3000.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Redis URL for a shared store (not available in this version).
+    #[arg(long)]
+    redis: Option<String>,
+}
+
+fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| {
+        let default = PathBuf::from("isr.toml");
+        default.exists().then_some(default)
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ISR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(config),
+        Command::Serve(args) => serve(args),
+        Command::Demo(args) => runtime().block_on(demo::run(args)),
+        Command::Revalidate(args) => runtime().block_on(client::revalidate(args)),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    let Some(file) = config_file(config) else {
+        eprintln!("isr check: no config file (give --config FILE or create ./isr.toml)");
+        return ExitCode::from(2);
+    };
+    match isr::config::load(Some(&file), &Default::default()) {
+        Ok(cfg) => {
+            println!("{}: ok", file.display());
+            println!("origin  {}", cfg.origin);
+            println!("listen  {}", cfg.listen);
+            for r in &cfg.routes {
+                let revalidate = match r.revalidate {
+                    None => "default".to_string(),
+                    Some(None) => "false".to_string(),
+                    Some(Some(ms)) => format!("{}s", ms as f64 / 1000.0),
+                };
+                if r.cache {
+                    println!("route   {:<30} revalidate={revalidate} tags={:?}", r.pattern, r.tags);
+                } else {
+                    println!("route   {:<30} cache=false", r.pattern);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("isr: config error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    if let Some(url) = &args.redis {
+        eprintln!("isr: config error: <flags>:0: key `--redis`: the Redis shared store ({url}) is not available in this version");
+        return ExitCode::from(2);
+    }
+    let overrides = isr::config::Overrides { listen: args.listen, origin: args.origin, data_dir: args.data_dir };
+    let cfg = match isr::config::load(config_file(args.config).as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("isr: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secrets = isr::Secrets::parse(&std::env::var(&cfg.secret_env).unwrap_or_default());
+    runtime().block_on(async move {
+        let server = match isr::Server::bind(cfg.clone(), secrets).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("isr: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        tracing::info!(listen = %server.local_addr(), origin = %cfg.origin, data_dir = %cfg.data_dir.display(), "isr serving");
+        server.run(shutdown_signal()).await;
+        tracing::info!("isr stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -148,6 +148,30 @@ pub fn parse_request(
     Ok(Revalidation { pages, layouts, tags, expire, eager: req.eager.unwrap_or(false) })
 }
 
+/// Decodes `%XX` and `+` in a query or form value (`application/x-www-form-urlencoded`).
+pub fn form_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +212,13 @@ mod tests {
         assert_eq!(bad(r#"{}"#).status, 400);
         assert_eq!(bad("").status, 400);
         assert!(bad(r#"{"tag":"a","type":"tree"}"#).message.contains("tree"));
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(form_decode("a%2Bb+c"), "a+b c");
+        assert_eq!(form_decode("100%"), "100%");
+        assert_eq!(form_decode("caf%C3%A9"), "café");
     }
 
     #[test]

@@ -271,7 +271,7 @@ impl Front {
             q.split('&')
                 .filter_map(|p| p.split_once('='))
                 .find(|(n, _)| *n == "secret")
-                .map(|(_, v)| percent_decode(v))
+                .map(|(_, v)| api::form_decode(v))
         });
         let body: Bytes = Limited::new(req.into_body(), api::MAX_BODY)
             .collect()
@@ -327,30 +327,6 @@ fn json(status: StatusCode, body: &str) -> Response<Body> {
     res
 }
 
-/// Decodes `%XX` and `+` in a query value.
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(x) => {
-                        out.push(x);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,9 +339,4 @@ mod tests {
         assert!(!has_bypass_cookie(&h, &["other".into()]));
     }
 
-    #[test]
-    fn query_secret_decoding() {
-        assert_eq!(percent_decode("a%2Bb+c"), "a+b c");
-        assert_eq!(percent_decode("100%"), "100%");
-    }
 }
