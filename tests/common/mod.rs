@@ -1,0 +1,274 @@
+//! Shared harness for the end-to-end tests: a programmable test origin on loopback, the
+//! real `isr` binary started against it, and a small HTTP client.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+pub const SECRET: &str = "test-secret";
+
+/// How the test origin answers one path.
+#[derive(Clone, Default)]
+pub struct Spec {
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+    /// Body; default `page <path> v<n>` where n counts requests for that path.
+    pub body: Option<String>,
+    pub delay: Duration,
+}
+
+#[derive(Default)]
+pub struct OriginState {
+    specs: HashMap<String, Spec>,
+    counts: HashMap<String, usize>,
+    last: HashMap<String, (String, HeaderMap, Bytes)>,
+}
+
+/// A test origin: counts requests per path, remembers the last request of each path.
+#[derive(Clone)]
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<OriginState>>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(OriginState::default()));
+        let s = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(s.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Origin { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, path: &str, spec: Spec) {
+        self.state.lock().unwrap().specs.insert(path.to_string(), spec);
+    }
+
+    pub fn count(&self, path: &str) -> usize {
+        self.state.lock().unwrap().counts.get(path).copied().unwrap_or(0)
+    }
+
+    /// (path and query, headers, body) of the last request for `path`.
+    pub fn last(&self, path: &str) -> (String, HeaderMap, Bytes) {
+        self.state.lock().unwrap().last.get(path).cloned().expect("origin saw no request for this path")
+    }
+}
+
+async fn handle(state: Arc<Mutex<OriginState>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let (spec, n) = {
+        let mut s = state.lock().unwrap();
+        let n = {
+            let c = s.counts.entry(path.clone()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        s.last.insert(path.clone(), (target, parts.headers, body));
+        (s.specs.get(&path).cloned().unwrap_or_default(), n)
+    };
+    tokio::time::sleep(spec.delay).await;
+    let mut res = Response::builder().status(spec.status.unwrap_or(200));
+    let has_ct = spec.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    if !has_ct {
+        res = res.header("content-type", "text/html; charset=utf-8");
+    }
+    for (k, v) in &spec.headers {
+        res = res.header(k.as_str(), v.as_str());
+    }
+    let body = spec.body.unwrap_or_else(|| format!("<html><body>page {path} v{n} {}</body></html>", "lorem ipsum ".repeat(40)));
+    Ok(res.body(Full::new(Bytes::from(body))).unwrap())
+}
+
+/// A running `isr serve` process.
+pub struct Isr {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub const CONFIG: &str = r#"
+[cache]
+origin_timeout = "2s"
+max_body = "64KiB"
+
+[[route]]
+match = "/fast/{slug}"
+revalidate = 1
+tags = ["fast", "fast-{slug}"]
+
+[[route]]
+match = "/blog/{slug}"
+tags = ["posts", "post-{slug}"]
+
+[[route]]
+match = "/api/{*rest}"
+cache = false
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Isr {
+    /// Starts isr in a fresh data directory with the standard test config.
+    pub async fn start(origin: &Origin) -> Isr {
+        Isr::start_with(origin, CONFIG).await
+    }
+
+    pub async fn start_with(origin: &Origin, config: &str) -> Isr {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let config_path = dir.path().join("isr.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut isr = Isr::spawn(origin, &data_dir, &config_path).await;
+        isr._dir = Some(dir);
+        isr
+    }
+
+    /// Starts isr on an existing data directory and config (a restart).
+    pub async fn spawn(origin: &Origin, data_dir: &Path, config: &Path) -> Isr {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_isr"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--listen", &addr.to_string(), "--origin", &origin.url(), "--data-dir"])
+            .arg(data_dir)
+            .env("ISR_SECRET", format!("old-secret,{SECRET}"))
+            .env("ISR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start isr");
+        let isr = Isr { addr, data_dir: data_dir.into(), config: config.into(), child, _dir: None };
+        for _ in 0..200 {
+            if let Ok(r) = isr.get("/_isr/health").await {
+                if r.status == 200 {
+                    return isr;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("isr did not become healthy");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply, String> {
+        self.request("GET", path, &[], "").await
+    }
+
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Result<Reply, String> {
+        send(method, &self.url(path), headers, body).await
+    }
+
+    /// Posts to the revalidation API with the secret.
+    pub async fn revalidate(&self, body: serde_json::Value) -> Reply {
+        let auth = format!("Bearer {SECRET}");
+        self.request("POST", "/_isr/revalidate", &[("authorization", &auth)], &body.to_string())
+            .await
+            .unwrap()
+    }
+
+    /// `kill -9`.
+    pub fn kill(mut self) -> (PathBuf, PathBuf, Option<tempfile::TempDir>) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        (self.data_dir.clone(), self.config.clone(), self._dir.take())
+    }
+}
+
+impl Drop for Isr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+
+    pub fn cache(&self) -> &str {
+        self.header("x-isr-cache")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Result<Reply, String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let res = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply { status, headers: parts.headers, body })
+}
+
+/// Waits (bounded) until `f` is true.
+pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
