@@ -31,7 +31,11 @@ pub(crate) struct RevalidateArgs {
 }
 
 /// Posts a revalidation to `server`'s API. Returns the status and the response body.
-pub(crate) async fn post_revalidate(server: &str, secret: &str, body: &serde_json::Value) -> Result<(u16, String), String> {
+pub(crate) async fn post_revalidate(
+    server: &str,
+    secret: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, String), String> {
     let url = format!("{}/_isr/revalidate", server.trim_end_matches('/'));
     let req = http::Request::post(&url)
         .header(http::header::AUTHORIZATION, format!("Bearer {secret}"))
@@ -39,9 +43,17 @@ pub(crate) async fn post_revalidate(server: &str, secret: &str, body: &serde_jso
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| format!("bad server URL {url}: {e}"))?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let res = client.request(req).await.map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let res = client
+        .request(req)
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
     let status = res.status().as_u16();
-    let bytes = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 

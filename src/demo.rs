@@ -43,8 +43,9 @@ struct Blog {
 }
 
 const WORDS: [&str; 24] = [
-    "static", "cache", "origin", "render", "fresh", "stale", "edge", "page", "tag", "build", "deploy", "content",
-    "writer", "reader", "server", "latency", "rust", "speed", "quiet", "careful", "simple", "bright", "steady", "open",
+    "static", "cache", "origin", "render", "fresh", "stale", "edge", "page", "tag", "build",
+    "deploy", "content", "writer", "reader", "server", "latency", "rust", "speed", "quiet",
+    "careful", "simple", "bright", "steady", "open",
 ];
 
 /// A tiny deterministic generator, so post N is the same text on every machine.
@@ -62,7 +63,10 @@ fn words(seed: usize, n: usize) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 impl Blog {
@@ -71,7 +75,10 @@ impl Blog {
             return p.clone();
         }
         let title = format!("Post {n}: {}", words(n, 4));
-        let body = (0..4).map(|p| words(n * 31 + p, 60)).collect::<Vec<_>>().join("\n\n");
+        let body = (0..4)
+            .map(|p| words(n * 31 + p, 60))
+            .collect::<Vec<_>>()
+            .join("\n\n");
         (title, body)
     }
 
@@ -97,7 +104,12 @@ impl Blog {
                 tokio::time::sleep(self.render).await;
                 let list: String = (self.posts.saturating_sub(19)..=self.posts)
                     .rev()
-                    .map(|n| format!("<li><a href=\"/blog/{n}\">{}</a></li>", escape(&self.post(n).0)))
+                    .map(|n| {
+                        format!(
+                            "<li><a href=\"/blog/{n}\">{}</a></li>",
+                            escape(&self.post(n).0)
+                        )
+                    })
                     .collect();
                 html(StatusCode::OK, Blog::page("The isr demo blog", &format!(
                     "<h1>The isr demo blog</h1><p>{} posts. Edit one in the <a href=\"/cms\">CMS</a>.</p><ul>{list}</ul>",
@@ -109,13 +121,19 @@ impl Blog {
                 match self.slug_number(&p["/blog/".len()..]) {
                     Some(n) => {
                         let (title, body) = self.post(n);
-                        let paras: String = body.split("\n\n").map(|p| format!("<p>{}</p>", escape(p))).collect();
+                        let paras: String = body
+                            .split("\n\n")
+                            .map(|p| format!("<p>{}</p>", escape(p)))
+                            .collect();
                         html(StatusCode::OK, Blog::page(&title, &format!(
                             "<p><a href=\"/\">← all posts</a></p><h1>{}</h1>{paras}<p><a href=\"/cms?post={n}\">Edit this post</a></p>",
                             escape(&title)
                         )))
                     }
-                    None => html(StatusCode::NOT_FOUND, Blog::page("Not found", "<h1>No such post</h1>")),
+                    None => html(
+                        StatusCode::NOT_FOUND,
+                        Blog::page("Not found", "<h1>No such post</h1>"),
+                    ),
                 }
             }
             (Method::GET, "/cms") => {
@@ -136,7 +154,10 @@ impl Blog {
                 )))
             }
             (Method::POST, "/cms") => self.save(req).await,
-            _ => html(StatusCode::NOT_FOUND, Blog::page("Not found", "<h1>Not found</h1>")),
+            _ => html(
+                StatusCode::NOT_FOUND,
+                Blog::page("Not found", "<h1>Not found</h1>"),
+            ),
         }
     }
 
@@ -150,16 +171,33 @@ impl Blog {
             .filter_map(|p| p.split_once('='))
             .map(|(k, v)| (isr::api::form_decode(k), isr::api::form_decode(v)))
             .collect();
-        let Some(n) = form.get("post").and_then(|v| v.parse().ok()).filter(|n| (1..=self.posts).contains(n)) else {
-            return html(StatusCode::BAD_REQUEST, Blog::page("CMS", "<h1>Unknown post</h1>"));
+        let Some(n) = form
+            .get("post")
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=self.posts).contains(n))
+        else {
+            return html(
+                StatusCode::BAD_REQUEST,
+                Blog::page("CMS", "<h1>Unknown post</h1>"),
+            );
         };
         let title = form.get("title").cloned().unwrap_or_default();
-        let text = form.get("body").cloned().unwrap_or_default().replace("\r\n", "\n");
-        self.edits.lock().unwrap_or_else(|e| e.into_inner()).insert(n, (title, text));
+        let text = form
+            .get("body")
+            .cloned()
+            .unwrap_or_default()
+            .replace("\r\n", "\n");
+        self.edits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n, (title, text));
         // Expire (read-your-writes): the writer's next visit waits for the new text.
         let call = serde_json::json!({ "tag": format!("post-{n}"), "path": "/", "mode": "expire" });
-        let result = match crate::client::post_revalidate(&self.isr_url, &self.secret, &call).await {
-            Ok((200, _)) => format!("Saved. isr revalidated tag <code>post-{n}</code> and the index."),
+        let result = match crate::client::post_revalidate(&self.isr_url, &self.secret, &call).await
+        {
+            Ok((200, _)) => {
+                format!("Saved. isr revalidated tag <code>post-{n}</code> and the index.")
+            }
             Ok((status, text)) => format!("Saved, but isr answered {status}: {}", escape(&text)),
             Err(e) => format!("Saved, but isr could not be reached: {}", escape(&e)),
         };
@@ -172,29 +210,41 @@ impl Blog {
 fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     res
 }
 
 async fn serve_origin(listener: tokio::net::TcpListener, blog: Arc<Blog>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let blog = blog.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let blog = blog.clone();
                 async move { Ok::<_, Infallible>(blog.handle(req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
 fn secret() -> String {
-    if let Some(s) = std::env::var("ISR_SECRET").ok().filter(|s| !s.trim().is_empty()) {
+    if let Some(s) = std::env::var("ISR_SECRET")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    {
         return s;
     }
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     format!("demo-{:x}", seed ^ (u128::from(std::process::id()) << 64))
 }
 
@@ -202,7 +252,10 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
     let listen: SocketAddr = match args.listen.parse() {
         Ok(a) => a,
         Err(_) => {
-            eprintln!("isr demo: --listen {} is not an address such as 127.0.0.1:8080", args.listen);
+            eprintln!(
+                "isr demo: --listen {} is not an address such as 127.0.0.1:8080",
+                args.listen
+            );
             return ExitCode::from(2);
         }
     };
@@ -255,10 +308,18 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
         render: Duration::from_millis(args.render_ms),
         edits: Mutex::default(),
         isr_url: isr_url.clone(),
-        secret: secrets.split(',').next().unwrap_or_default().trim().to_string(),
+        secret: secrets
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     });
     tokio::spawn(serve_origin(origin_listener, blog));
-    println!("isr demo is running ({} posts, each render takes ~{} ms at the origin)\n", args.posts, args.render_ms);
+    println!(
+        "isr demo is running ({} posts, each render takes ~{} ms at the origin)\n",
+        args.posts, args.render_ms
+    );
     println!("  blog through isr   {isr_url}/");
     println!("  a post             {isr_url}/blog/1   (first visit MISS, then HIT; see the x-isr-cache header)");
     println!("  CMS (edit a post)  {isr_url}/cms?post=1    (saving revalidates tag post-1: live on the next request)");

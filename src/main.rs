@@ -9,7 +9,11 @@ mod client;
 mod demo;
 
 #[derive(Parser)]
-#[command(name = "isr", version, about = "Incremental Static Regeneration in front of any website")]
+#[command(
+    name = "isr",
+    version,
+    about = "Incremental Static Regeneration in front of any website"
+)]
 struct Cli {
     /// Log format on stderr (default: human on a terminal, JSON otherwise is not assumed).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -69,10 +73,14 @@ fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
 fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("ISR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 
@@ -111,7 +119,10 @@ fn check(config: Option<PathBuf>) -> ExitCode {
                     Some(Some(ms)) => format!("{}s", ms as f64 / 1000.0),
                 };
                 if r.cache {
-                    println!("route   {:<30} revalidate={revalidate} tags={:?}", r.pattern, r.tags);
+                    println!(
+                        "route   {:<30} revalidate={revalidate} tags={:?}",
+                        r.pattern, r.tags
+                    );
                 } else {
                     println!("route   {:<30} cache=false", r.pattern);
                 }
@@ -130,7 +141,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("isr: config error: <flags>:0: key `--redis`: the Redis shared store ({url}) is not available in this version");
         return ExitCode::from(2);
     }
-    let overrides = isr::config::Overrides { listen: args.listen, origin: args.origin, data_dir: args.data_dir };
+    let overrides = isr::config::Overrides {
+        listen: args.listen,
+        origin: args.origin,
+        data_dir: args.data_dir,
+    };
     let cfg = match isr::config::load(config_file(args.config).as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -159,7 +174,8 @@ pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

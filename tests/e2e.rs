@@ -9,7 +9,13 @@ use common::{eventually, send, Isr, Origin, Spec, SECRET};
 use serde_json::json;
 
 fn spec_headers(headers: &[(&str, &str)]) -> Spec {
-    Spec { headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() }
+    Spec {
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
 }
 
 // ---- serving ---------------------------------------------------------------------
@@ -26,14 +32,29 @@ async fn miss_then_hit_with_age_etag_cache_control_and_304() {
     assert_eq!(b.body, a.body);
     assert_eq!(origin.count("/blog/hello"), 1);
     assert!(b.header("age").parse::<u64>().is_ok());
-    assert!(b.header("cache-control").starts_with("public, s-maxage=35"), "{}", b.header("cache-control"));
-    assert!(b.header("cache-control").contains("stale-while-revalidate="));
+    assert!(
+        b.header("cache-control").starts_with("public, s-maxage=35"),
+        "{}",
+        b.header("cache-control")
+    );
+    assert!(b
+        .header("cache-control")
+        .contains("stale-while-revalidate="));
     let etag = b.header("etag").to_string();
     assert!(etag.starts_with('"'));
-    let c = isr.request("GET", "/blog/hello", &[("if-none-match", &etag)], "").await.unwrap();
-    assert_eq!((c.status, c.body.len(), c.header("etag")), (304, 0, etag.as_str()));
+    let c = isr
+        .request("GET", "/blog/hello", &[("if-none-match", &etag)], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.status, c.body.len(), c.header("etag")),
+        (304, 0, etag.as_str())
+    );
     let head = isr.request("HEAD", "/blog/hello", &[], "").await.unwrap();
-    assert_eq!((head.status, head.cache(), head.body.len()), (200, "HIT", 0));
+    assert_eq!(
+        (head.status, head.cache(), head.body.len()),
+        (200, "HIT", 0)
+    );
     assert_eq!(head.header("content-length"), a.body.len().to_string());
 }
 
@@ -42,8 +63,14 @@ async fn brotli_and_gzip_variants_follow_accept_encoding() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     let plain = isr.get("/page").await.unwrap();
-    let br = isr.request("GET", "/page", &[("accept-encoding", "gzip, br")], "").await.unwrap();
-    let gz = isr.request("GET", "/page", &[("accept-encoding", "gzip")], "").await.unwrap();
+    let br = isr
+        .request("GET", "/page", &[("accept-encoding", "gzip, br")], "")
+        .await
+        .unwrap();
+    let gz = isr
+        .request("GET", "/page", &[("accept-encoding", "gzip")], "")
+        .await
+        .unwrap();
     assert_eq!(br.header("content-encoding"), "br");
     assert_eq!(gz.header("content-encoding"), "gzip");
     assert_eq!(plain.header("content-encoding"), "");
@@ -57,7 +84,11 @@ async fn brotli_and_gzip_variants_follow_accept_encoding() {
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut out).unwrap();
     assert_eq!(out, plain.body);
-    assert_eq!(origin.count("/page"), 1, "variants are made once, from one origin response");
+    assert_eq!(
+        origin.count("/page"),
+        1,
+        "variants are made once, from one origin response"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,7 +96,10 @@ async fn query_is_normalised_into_one_key_and_sent_sorted() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     assert_eq!(isr.get("/q?b=2&a=1").await.unwrap().cache(), "MISS");
-    assert_eq!(isr.get("/q?a=1&b=2&utm_source=news").await.unwrap().cache(), "HIT");
+    assert_eq!(
+        isr.get("/q?a=1&b=2&utm_source=news").await.unwrap().cache(),
+        "HIT"
+    );
     assert_eq!(isr.get("/q?a=1&b=2&fbclid=x").await.unwrap().cache(), "HIT");
     assert_eq!(origin.count("/q"), 1);
     assert_eq!(origin.last("/q").0, "/q?a=1&b=2");
@@ -82,7 +116,17 @@ async fn origin_requests_never_carry_visitor_headers() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     let r = isr
-        .request("GET", "/shared", &[("cookie", "session=alice"), ("x-visitor", "alice"), ("user-agent", "curl/8"), ("accept-encoding", "br")], "")
+        .request(
+            "GET",
+            "/shared",
+            &[
+                ("cookie", "session=alice"),
+                ("x-visitor", "alice"),
+                ("user-agent", "curl/8"),
+                ("accept-encoding", "br"),
+            ],
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(r.cache(), "MISS");
@@ -96,7 +140,14 @@ async fn origin_requests_never_carry_visitor_headers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn control_headers_are_not_sent_and_origin_headers_are_kept() {
     let origin = Origin::start().await;
-    origin.set("/ctl", spec_headers(&[("x-isr-tags", "t1"), ("x-isr-revalidate", "100"), ("x-custom", "kept")]));
+    origin.set(
+        "/ctl",
+        spec_headers(&[
+            ("x-isr-tags", "t1"),
+            ("x-isr-revalidate", "100"),
+            ("x-custom", "kept"),
+        ]),
+    );
     let isr = Isr::start(&origin).await;
     for _ in 0..2 {
         let r = isr.get("/ctl").await.unwrap();
@@ -113,21 +164,37 @@ async fn control_headers_are_not_sent_and_origin_headers_are_kept() {
 async fn bypass_rules_proxy_with_visitor_headers_and_never_store() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
-    let r = isr.request("GET", "/private", &[("authorization", "Bearer u1")], "").await.unwrap();
+    let r = isr
+        .request("GET", "/private", &[("authorization", "Bearer u1")], "")
+        .await
+        .unwrap();
     assert_eq!(r.cache(), "BYPASS");
     assert_eq!(origin.last("/private").1["authorization"], "Bearer u1");
-    let r = isr.request("GET", "/private", &[("cookie", "a=1; __isr_preview=1")], "").await.unwrap();
+    let r = isr
+        .request("GET", "/private", &[("cookie", "a=1; __isr_preview=1")], "")
+        .await
+        .unwrap();
     assert_eq!(r.cache(), "BYPASS");
     assert_eq!(origin.last("/private").1["cookie"], "a=1; __isr_preview=1");
-    assert!(origin.last("/private").1["x-forwarded-for"].to_str().unwrap().contains("127.0.0.1"));
+    assert!(origin.last("/private").1["x-forwarded-for"]
+        .to_str()
+        .unwrap()
+        .contains("127.0.0.1"));
     for _ in 0..2 {
         assert_eq!(isr.get("/api/items").await.unwrap().cache(), "BYPASS");
     }
     assert_eq!(origin.count("/api/items"), 2);
-    let post = isr.request("POST", "/form", &[("content-type", "text/plain")], "hello").await.unwrap();
+    let post = isr
+        .request("POST", "/form", &[("content-type", "text/plain")], "hello")
+        .await
+        .unwrap();
     assert_eq!(post.cache(), "BYPASS");
     assert_eq!(&origin.last("/form").2[..], b"hello");
-    assert_eq!(isr.get("/form").await.unwrap().cache(), "MISS", "a POST never stores");
+    assert_eq!(
+        isr.get("/form").await.unwrap().cache(),
+        "MISS",
+        "a POST never stores"
+    );
     // The bypassed requests stored nothing: the first plain GET is a miss.
     assert_eq!(isr.get("/private").await.unwrap().cache(), "MISS");
 }
@@ -143,18 +210,34 @@ async fn uncacheable_responses_go_only_to_their_visitor_and_are_remembered() {
         assert_eq!(a.cache(), "BYPASS", "{path}");
         let b = isr.get(path).await.unwrap();
         assert_eq!(b.cache(), "BYPASS", "{path}");
-        assert_eq!(origin.count(path), 2, "{path}: each visitor fetches its own");
+        assert_eq!(
+            origin.count(path),
+            2,
+            "{path}: each visitor fetches its own"
+        );
     }
-    assert_eq!(isr.get("/cookie").await.unwrap().header("set-cookie"), "sid=secret");
+    assert_eq!(
+        isr.get("/cookie").await.unwrap().header("set-cookie"),
+        "sid=secret"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_over_max_body_are_passed_through_not_stored() {
     let origin = Origin::start().await;
-    origin.set("/big", Spec { body: Some("x".repeat(100 * 1024)), ..Default::default() });
+    origin.set(
+        "/big",
+        Spec {
+            body: Some("x".repeat(100 * 1024)),
+            ..Default::default()
+        },
+    );
     let isr = Isr::start(&origin).await;
     let a = isr.get("/big").await.unwrap();
-    assert_eq!((a.status, a.cache(), a.body.len()), (200, "BYPASS", 100 * 1024));
+    assert_eq!(
+        (a.status, a.cache(), a.body.len()),
+        (200, "BYPASS", 100 * 1024)
+    );
     let b = isr.get("/big").await.unwrap();
     assert_eq!((b.cache(), b.body.len()), ("BYPASS", 100 * 1024));
     assert_eq!(origin.count("/big"), 2);
@@ -165,13 +248,45 @@ async fn bodies_over_max_body_are_passed_through_not_stored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stored_and_unstored_statuses() {
     let origin = Origin::start().await;
-    origin.set("/gone", Spec { status: Some(404), ..Default::default() });
-    origin.set("/moved", Spec { status: Some(301), headers: vec![("location".into(), "/x".into())], ..Default::default() });
-    origin.set("/broken", Spec { status: Some(500), body: Some("oops".into()), ..Default::default() });
-    origin.set("/limited", Spec { status: Some(429), ..Default::default() });
+    origin.set(
+        "/gone",
+        Spec {
+            status: Some(404),
+            ..Default::default()
+        },
+    );
+    origin.set(
+        "/moved",
+        Spec {
+            status: Some(301),
+            headers: vec![("location".into(), "/x".into())],
+            ..Default::default()
+        },
+    );
+    origin.set(
+        "/broken",
+        Spec {
+            status: Some(500),
+            body: Some("oops".into()),
+            ..Default::default()
+        },
+    );
+    origin.set(
+        "/limited",
+        Spec {
+            status: Some(429),
+            ..Default::default()
+        },
+    );
     let isr = Isr::start(&origin).await;
     for (path, status) in [("/gone", 404), ("/moved", 301)] {
-        assert_eq!((isr.get(path).await.unwrap().status, isr.get(path).await.unwrap().cache()), (status, "HIT"));
+        assert_eq!(
+            (
+                isr.get(path).await.unwrap().status,
+                isr.get(path).await.unwrap().cache()
+            ),
+            (status, "HIT")
+        );
         assert_eq!(origin.count(path), 1);
     }
     assert_eq!(isr.get("/moved").await.unwrap().header("location"), "/x");
@@ -192,11 +307,20 @@ async fn stale_page_is_served_at_once_and_regenerated_once_in_background() {
     let isr = Isr::start(&origin).await;
     assert_eq!(isr.get("/fast/a").await.unwrap().cache(), "MISS");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    origin.set("/fast/a", Spec { delay: Duration::from_millis(300), ..Default::default() });
+    origin.set(
+        "/fast/a",
+        Spec {
+            delay: Duration::from_millis(300),
+            ..Default::default()
+        },
+    );
     let stale = isr.get("/fast/a").await.unwrap();
     assert_eq!(stale.cache(), "STALE");
     assert!(stale.text().contains("v1"));
-    assert_eq!(stale.header("cache-control").split(", ").nth(1), Some("s-maxage=0"));
+    assert_eq!(
+        stale.header("cache-control").split(", ").nth(1),
+        Some("s-maxage=0")
+    );
     eventually("the regeneration lands", async || {
         let r = isr.get("/fast/a").await.unwrap();
         r.cache() == "HIT" && r.text().contains("v2")
@@ -208,18 +332,42 @@ async fn stale_page_is_served_at_once_and_regenerated_once_in_background() {
 #[tokio::test(flavor = "multi_thread")]
 async fn origin_headers_set_freshness_and_tags() {
     let origin = Origin::start().await;
-    origin.set("/h1", spec_headers(&[("x-isr-revalidate", "1"), ("x-isr-tags", "alpha, beta")]));
-    origin.set("/h2", spec_headers(&[("cache-control", "public, s-maxage=1, stale-while-revalidate=100")]));
-    origin.set("/h3", spec_headers(&[("x-isr-revalidate", "soon"), ("surrogate-key", "gamma delta")]));
+    origin.set(
+        "/h1",
+        spec_headers(&[("x-isr-revalidate", "1"), ("x-isr-tags", "alpha, beta")]),
+    );
+    origin.set(
+        "/h2",
+        spec_headers(&[(
+            "cache-control",
+            "public, s-maxage=1, stale-while-revalidate=100",
+        )]),
+    );
+    origin.set(
+        "/h3",
+        spec_headers(&[
+            ("x-isr-revalidate", "soon"),
+            ("surrogate-key", "gamma delta"),
+        ]),
+    );
     let isr = Isr::start(&origin).await;
     for p in ["/h1", "/h2", "/h3"] {
         isr.get(p).await.unwrap();
     }
-    assert!(isr.get("/h2").await.unwrap().header("cache-control").ends_with("stale-while-revalidate=100"));
+    assert!(isr
+        .get("/h2")
+        .await
+        .unwrap()
+        .header("cache-control")
+        .ends_with("stale-while-revalidate=100"));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(isr.get("/h1").await.unwrap().cache(), "STALE");
     assert_eq!(isr.get("/h2").await.unwrap().cache(), "STALE");
-    assert_eq!(isr.get("/h3").await.unwrap().cache(), "HIT", "an unparseable x-isr-revalidate is ignored");
+    assert_eq!(
+        isr.get("/h3").await.unwrap().cache(),
+        "HIT",
+        "an unparseable x-isr-revalidate is ignored"
+    );
     assert_eq!(isr.revalidate(json!({"tag": "delta"})).await.status, 200);
     assert_eq!(isr.get("/h3").await.unwrap().cache(), "STALE");
 }
@@ -231,7 +379,14 @@ async fn failed_regeneration_keeps_the_last_good_page_and_backs_off() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     let good = isr.get("/fast/f").await.unwrap();
-    origin.set("/fast/f", Spec { status: Some(503), body: Some("down".into()), ..Default::default() });
+    origin.set(
+        "/fast/f",
+        Spec {
+            status: Some(503),
+            body: Some("down".into()),
+            ..Default::default()
+        },
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..20 {
         let r = isr.get("/fast/f").await.unwrap();
@@ -243,25 +398,48 @@ async fn failed_regeneration_keeps_the_last_good_page_and_backs_off() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(origin.count("/fast/f"), 2);
     // A stored status (even 404) from a regeneration replaces the page.
-    origin.set("/fast/f", Spec { status: Some(404), body: Some("deleted".into()), ..Default::default() });
+    origin.set(
+        "/fast/f",
+        Spec {
+            status: Some(404),
+            body: Some("deleted".into()),
+            ..Default::default()
+        },
+    );
     tokio::time::sleep(Duration::from_millis(3000)).await;
     isr.get("/fast/f").await.unwrap();
-    eventually("the 404 replaces the page", async || isr.get("/fast/f").await.unwrap().status == 404).await;
+    eventually("the 404 replaces the page", async || {
+        isr.get("/fast/f").await.unwrap().status == 404
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn miss_with_origin_down_is_502_and_timeout_is_504() {
     let origin = Origin::start().await;
-    origin.set("/slow", Spec { delay: Duration::from_secs(4), ..Default::default() });
+    origin.set(
+        "/slow",
+        Spec {
+            delay: Duration::from_secs(4),
+            ..Default::default()
+        },
+    );
     let isr = Isr::start(&origin).await;
     let r = isr.get("/slow").await.unwrap();
     assert_eq!((r.status, r.cache()), (504, "MISS"));
-    let dead = Origin { addr: "127.0.0.1:9".parse().unwrap(), ..origin.clone() };
+    let dead = Origin {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        ..origin.clone()
+    };
     let isr2 = Isr::start(&dead).await;
     let r = isr2.get("/anything").await.unwrap();
     assert_eq!((r.status, r.cache()), (502, "MISS"));
     assert!(r.text().contains("could not be reached"), "{}", r.text());
-    assert_eq!(isr2.get("/anything").await.unwrap().status, 502, "errors are not stored");
+    assert_eq!(
+        isr2.get("/anything").await.unwrap().status,
+        502,
+        "errors are not stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -269,8 +447,19 @@ async fn expired_copy_is_served_stale_when_the_origin_fails() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     let good = isr.get("/blog/e").await.unwrap();
-    assert_eq!(isr.revalidate(json!({"path": "/blog/e", "mode": "expire"})).await.status, 200);
-    origin.set("/blog/e", Spec { status: Some(500), ..Default::default() });
+    assert_eq!(
+        isr.revalidate(json!({"path": "/blog/e", "mode": "expire"}))
+            .await
+            .status,
+        200
+    );
+    origin.set(
+        "/blog/e",
+        Spec {
+            status: Some(500),
+            ..Default::default()
+        },
+    );
     let r = isr.get("/blog/e").await.unwrap();
     assert_eq!((r.status, r.cache()), (200, "STALE"));
     assert_eq!(r.body, good.body);
@@ -282,7 +471,9 @@ async fn stampede(isr: &Isr, path: &str, n: usize) -> Vec<common::Reply> {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let url = isr.url(path);
-        tasks.push(tokio::spawn(async move { send("GET", &url, &[], "").await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            send("GET", &url, &[], "").await.unwrap()
+        }));
     }
     let mut out = Vec::new();
     for t in tasks {
@@ -294,12 +485,22 @@ async fn stampede(isr: &Isr, path: &str, n: usize) -> Vec<common::Reply> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_100_request_stampede_on_a_missing_page_makes_one_origin_request() {
     let origin = Origin::start().await;
-    origin.set("/blog/hot", Spec { delay: Duration::from_millis(300), ..Default::default() });
+    origin.set(
+        "/blog/hot",
+        Spec {
+            delay: Duration::from_millis(300),
+            ..Default::default()
+        },
+    );
     let isr = Isr::start(&origin).await;
     let replies = stampede(&isr, "/blog/hot", 100).await;
     assert_eq!(origin.count("/blog/hot"), 1);
-    assert!(replies.iter().all(|r| r.status == 200 && r.body == replies[0].body));
-    assert!(replies.iter().all(|r| r.cache() == "MISS" || r.cache() == "HIT"));
+    assert!(replies
+        .iter()
+        .all(|r| r.status == 200 && r.body == replies[0].body));
+    assert!(replies
+        .iter()
+        .all(|r| r.cache() == "MISS" || r.cache() == "HIT"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,10 +508,21 @@ async fn a_100_request_stampede_on_a_stale_page_makes_one_origin_request_and_nob
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     let first = isr.get("/fast/s").await.unwrap();
-    origin.set("/fast/s", Spec { delay: Duration::from_millis(500), ..Default::default() });
+    origin.set(
+        "/fast/s",
+        Spec {
+            delay: Duration::from_millis(500),
+            ..Default::default()
+        },
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let replies = stampede(&isr, "/fast/s", 100).await;
-    assert!(replies.iter().all(|r| r.cache() == "STALE" && r.body == first.body), "every visitor got the cached page");
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.cache() == "STALE" && r.body == first.body),
+        "every visitor got the cached page"
+    );
     eventually("one regeneration", async || origin.count("/fast/s") == 2).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(origin.count("/fast/s"), 2);
@@ -322,7 +534,14 @@ async fn a_100_request_stampede_on_a_stale_page_makes_one_origin_request_and_nob
 async fn revalidate_by_tag_path_and_layout() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
-    for p in ["/blog/a", "/blog/b", "/blog/a?page=2", "/docs", "/docs/x/y", "/docsite"] {
+    for p in [
+        "/blog/a",
+        "/blog/b",
+        "/blog/a?page=2",
+        "/docs",
+        "/docs/x/y",
+        "/docsite",
+    ] {
         assert_eq!(isr.get(p).await.unwrap().cache(), "MISS", "{p}");
     }
     // Tag: every page carrying it.
@@ -333,11 +552,15 @@ async fn revalidate_by_tag_path_and_layout() {
     assert_eq!(isr.get("/blog/a").await.unwrap().cache(), "STALE");
     assert_eq!(isr.get("/blog/b").await.unwrap().cache(), "HIT");
     // Path: the page and all its query variants.
-    eventually("regenerated", async || isr.get("/blog/a").await.unwrap().cache() == "HIT").await;
+    eventually("regenerated", async || {
+        isr.get("/blog/a").await.unwrap().cache() == "HIT"
+    })
+    .await;
     isr.revalidate(json!({"path": "/blog/a"})).await;
     assert_eq!(isr.get("/blog/a?page=2").await.unwrap().cache(), "STALE");
     // Layout: the subtree, segment-wise.
-    isr.revalidate(json!({"path": "/docs", "type": "layout"})).await;
+    isr.revalidate(json!({"path": "/docs", "type": "layout"}))
+        .await;
     assert_eq!(isr.get("/docs").await.unwrap().cache(), "STALE");
     assert_eq!(isr.get("/docs/x/y").await.unwrap().cache(), "STALE");
     assert_eq!(isr.get("/docsite").await.unwrap().cache(), "HIT");
@@ -348,7 +571,8 @@ async fn expire_mode_gives_read_your_writes() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     assert!(isr.get("/blog/w").await.unwrap().text().contains("v1"));
-    isr.revalidate(json!({"tags": ["post-w"], "mode": "expire"})).await;
+    isr.revalidate(json!({"tags": ["post-w"], "mode": "expire"}))
+        .await;
     let r = isr.get("/blog/w").await.unwrap();
     assert_eq!(r.cache(), "MISS");
     assert!(r.text().contains("v2"));
@@ -363,7 +587,10 @@ async fn eager_revalidation_regenerates_without_a_visitor() {
         isr.get(p).await.unwrap();
     }
     isr.revalidate(json!({"tag": "posts", "eager": true})).await;
-    eventually("both regenerated", async || origin.count("/blog/x") == 2 && origin.count("/blog/y") == 2).await;
+    eventually("both regenerated", async || {
+        origin.count("/blog/x") == 2 && origin.count("/blog/y") == 2
+    })
+    .await;
     let r = isr.get("/blog/x").await.unwrap();
     assert_eq!(r.cache(), "HIT");
     assert!(r.text().contains("v2"));
@@ -381,24 +608,71 @@ async fn api_errors_and_ways_to_pass_the_secret() {
         }
     };
     let bearer = vec![("authorization", format!("Bearer {SECRET}"))];
-    assert_eq!(post("/_isr/revalidate", vec![], r#"{"tag":"a"}"#.into()).await.status, 401);
-    assert_eq!(post("/_isr/revalidate", vec![("authorization", "Bearer nope".into())], r#"{"tag":"a"}"#.into()).await.status, 401);
+    assert_eq!(
+        post("/_isr/revalidate", vec![], r#"{"tag":"a"}"#.into())
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        post(
+            "/_isr/revalidate",
+            vec![("authorization", "Bearer nope".into())],
+            r#"{"tag":"a"}"#.into()
+        )
+        .await
+        .status,
+        401
+    );
     let r = post("/_isr/revalidate", vec![], "not json".into()).await;
     assert_eq!(r.status, 401);
     assert!(r.json()["error"].is_string());
-    assert_eq!(post("/_isr/revalidate", bearer.clone(), r#"{"tag":"a"}"#.into()).await.status, 200);
-    assert_eq!(post("/_isr/revalidate", vec![("authorization", "Bearer old-secret".into())], r#"{"tag":"a"}"#.into()).await.status, 200);
+    assert_eq!(
+        post("/_isr/revalidate", bearer.clone(), r#"{"tag":"a"}"#.into())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post(
+            "/_isr/revalidate",
+            vec![("authorization", "Bearer old-secret".into())],
+            r#"{"tag":"a"}"#.into()
+        )
+        .await
+        .status,
+        200
+    );
     let q = format!("/_isr/revalidate?secret={SECRET}");
     let q: &'static str = Box::leak(q.into_boxed_str());
     assert_eq!(post(q, vec![], r#"{"tag":"a"}"#.into()).await.status, 200);
-    assert_eq!(post("/_isr/revalidate", vec![], format!(r#"{{"tag":"a","secret":"{SECRET}"}}"#)).await.status, 200);
-    for bad in [r#"{"tag":"a","type":"tree"}"#, r#"{"tag":"a","mode":"later"}"#, r#"{"path":"blog"}"#, r#"{"path":"/a?b=1"}"#, r#"{}"#, "{oops"] {
+    assert_eq!(
+        post(
+            "/_isr/revalidate",
+            vec![],
+            format!(r#"{{"tag":"a","secret":"{SECRET}"}}"#)
+        )
+        .await
+        .status,
+        200
+    );
+    for bad in [
+        r#"{"tag":"a","type":"tree"}"#,
+        r#"{"tag":"a","mode":"later"}"#,
+        r#"{"path":"blog"}"#,
+        r#"{"path":"/a?b=1"}"#,
+        r#"{}"#,
+        "{oops",
+    ] {
         let r = post("/_isr/revalidate", bearer.clone(), bad.into()).await;
         assert_eq!(r.status, 400, "{bad}");
         assert!(!r.json()["error"].as_str().unwrap().is_empty());
     }
     let big = format!(r#"{{"tag":"{}"}}"#, "a".repeat(70 * 1024));
-    assert_eq!(post("/_isr/revalidate", bearer.clone(), big).await.status, 413);
+    assert_eq!(
+        post("/_isr/revalidate", bearer.clone(), big).await.status,
+        413
+    );
     assert_eq!(isr.get("/_isr/health").await.unwrap().text(), "ok");
 }
 
@@ -407,11 +681,17 @@ async fn x_prerender_revalidate_regenerates_synchronously() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     isr.get("/blog/p").await.unwrap();
-    let r = isr.request("GET", "/blog/p", &[("x-prerender-revalidate", SECRET)], "").await.unwrap();
+    let r = isr
+        .request("GET", "/blog/p", &[("x-prerender-revalidate", SECRET)], "")
+        .await
+        .unwrap();
     assert_eq!(r.cache(), "REVALIDATED");
     assert!(r.text().contains("v2"));
     assert_eq!(isr.get("/blog/p").await.unwrap().cache(), "HIT");
-    let wrong = isr.request("GET", "/blog/p", &[("x-prerender-revalidate", "guess")], "").await.unwrap();
+    let wrong = isr
+        .request("GET", "/blog/p", &[("x-prerender-revalidate", "guess")], "")
+        .await
+        .unwrap();
     assert_eq!(wrong.cache(), "HIT");
     assert_eq!(origin.count("/blog/p"), 2);
 }
@@ -430,7 +710,11 @@ async fn kill_9_then_restart_loses_no_stored_page_and_keeps_the_tag_clock() {
     isr.revalidate(json!({"tag": "post-k0"})).await;
     let (data, config, dir) = isr.kill();
     let isr = Isr::spawn(&origin, &data, &config).await;
-    assert_eq!(isr.get("/blog/k0").await.unwrap().cache(), "STALE", "the tag clock survived");
+    assert_eq!(
+        isr.get("/blog/k0").await.unwrap().cache(),
+        "STALE",
+        "the tag clock survived"
+    );
     for p in &pages[1..] {
         assert_eq!(isr.get(p).await.unwrap().cache(), "HIT", "{p}");
         assert_eq!(origin.count(p), 1);
@@ -448,7 +732,9 @@ async fn kill_9_during_writes_never_leaves_a_torn_entry() {
     let mut tasks = Vec::new();
     for i in 0..200 {
         let url = isr.url(&format!("/blog/t{i}"));
-        tasks.push(tokio::spawn(async move { send("GET", &url, &[], "").await }));
+        tasks.push(tokio::spawn(
+            async move { send("GET", &url, &[], "").await },
+        ));
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
     let (data, config, dir) = isr.kill();
@@ -461,7 +747,11 @@ async fn kill_9_during_writes_never_leaves_a_torn_entry() {
         let before = origin.count(&p);
         let r = isr.get(&p).await.unwrap();
         assert_eq!(r.status, 200);
-        assert!(r.text().contains(&format!("page {p} v")), "{p}: {}", r.text());
+        assert!(
+            r.text().contains(&format!("page {p} v")),
+            "{p}: {}",
+            r.text()
+        );
         if r.cache() == "HIT" {
             assert_eq!(origin.count(&p), before, "a HIT never contacts the origin");
         }
@@ -475,18 +765,33 @@ async fn kill_9_during_writes_never_leaves_a_torn_entry() {
 fn config_errors_name_file_line_and_key_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("isr.toml");
-    std::fs::write(&file, "origin = \"http://127.0.0.1:3000\"\n[cache]\nrevalidate = \"soon\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "origin = \"http://127.0.0.1:3000\"\n[cache]\nrevalidate = \"soon\"\n",
+    )
+    .unwrap();
     for cmd in ["check", "serve"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_isr")).args([cmd, "--config"]).arg(&file).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
+            .args([cmd, "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("isr.toml:3: key `revalidate`"), "{cmd}: {err}");
     }
     std::fs::write(&file, "origin = \"http://127.0.0.1:3000\"\n[[route]]\nmatch = \"/blog/{slug}\"\ntags = [\"post-{slug}\"]\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_isr")).args(["check", "--config"]).arg(&file).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("/blog/{slug}"));
-    let v = std::process::Command::new(env!("CARGO_BIN_EXE_isr")).arg("--version").output().unwrap();
+    let v = std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("isr "));
 }
 
@@ -505,7 +810,11 @@ async fn revalidate_command_calls_the_api() {
             .unwrap()
     };
     let ok = run(SECRET, &["--tag", "post-c"]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(isr.get("/blog/c").await.unwrap().cache(), "STALE");
     let bad = run("wrong", &["--path", "/blog/c"]);
     assert!(!bad.status.success());

@@ -53,7 +53,9 @@ impl Origin {
         let s = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(s.clone(), req));
@@ -71,24 +73,51 @@ impl Origin {
     }
 
     pub fn set(&self, path: &str, spec: Spec) {
-        self.state.lock().unwrap().specs.insert(path.to_string(), spec);
+        self.state
+            .lock()
+            .unwrap()
+            .specs
+            .insert(path.to_string(), spec);
     }
 
     pub fn count(&self, path: &str) -> usize {
-        self.state.lock().unwrap().counts.get(path).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .counts
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// (path and query, headers, body) of the last request for `path`.
     pub fn last(&self, path: &str) -> (String, HeaderMap, Bytes) {
-        self.state.lock().unwrap().last.get(path).cloned().expect("origin saw no request for this path")
+        self.state
+            .lock()
+            .unwrap()
+            .last
+            .get(path)
+            .cloned()
+            .expect("origin saw no request for this path")
     }
 }
 
-async fn handle(state: Arc<Mutex<OriginState>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<Mutex<OriginState>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let (spec, n) = {
         let mut s = state.lock().unwrap();
         let n = {
@@ -101,14 +130,22 @@ async fn handle(state: Arc<Mutex<OriginState>>, req: Request<Incoming>) -> Resul
     };
     tokio::time::sleep(spec.delay).await;
     let mut res = Response::builder().status(spec.status.unwrap_or(200));
-    let has_ct = spec.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    let has_ct = spec
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
     if !has_ct {
         res = res.header("content-type", "text/html; charset=utf-8");
     }
     for (k, v) in &spec.headers {
         res = res.header(k.as_str(), v.as_str());
     }
-    let body = spec.body.unwrap_or_else(|| format!("<html><body>page {path} v{n} {}</body></html>", "lorem ipsum ".repeat(40)));
+    let body = spec.body.unwrap_or_else(|| {
+        format!(
+            "<html><body>page {path} v{n} {}</body></html>",
+            "lorem ipsum ".repeat(40)
+        )
+    });
     Ok(res.body(Full::new(Bytes::from(body))).unwrap())
 }
 
@@ -141,7 +178,11 @@ cache = false
 "#;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Isr {
@@ -167,7 +208,13 @@ impl Isr {
         let child = Command::new(env!("CARGO_BIN_EXE_isr"))
             .args(["serve", "--config"])
             .arg(config)
-            .args(["--listen", &addr.to_string(), "--origin", &origin.url(), "--data-dir"])
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--origin",
+                &origin.url(),
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("ISR_SECRET", format!("old-secret,{SECRET}"))
             .env("ISR_LOG", "warn")
@@ -175,7 +222,13 @@ impl Isr {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start isr");
-        let isr = Isr { addr, data_dir: data_dir.into(), config: config.into(), child, _dir: None };
+        let isr = Isr {
+            addr,
+            data_dir: data_dir.into(),
+            config: config.into(),
+            child,
+            _dir: None,
+        };
         for _ in 0..200 {
             if let Ok(r) = isr.get("/_isr/health").await {
                 if r.status == 200 {
@@ -195,16 +248,27 @@ impl Isr {
         self.request("GET", path, &[], "").await
     }
 
-    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Result<Reply, String> {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Reply, String> {
         send(method, &self.url(path), headers, body).await
     }
 
     /// Posts to the revalidation API with the secret.
     pub async fn revalidate(&self, body: serde_json::Value) -> Reply {
         let auth = format!("Bearer {SECRET}");
-        self.request("POST", "/_isr/revalidate", &[("authorization", &auth)], &body.to_string())
-            .await
-            .unwrap()
+        self.request(
+            "POST",
+            "/_isr/revalidate",
+            &[("authorization", &auth)],
+            &body.to_string(),
+        )
+        .await
+        .unwrap()
     }
 
     /// `kill -9`.
@@ -232,7 +296,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
     }
 
     pub fn cache(&self) -> &str {
@@ -248,7 +315,12 @@ impl Reply {
     }
 }
 
-pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Result<Reply, String> {
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply, String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
@@ -259,7 +331,11 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str)
     let status = res.status().as_u16();
     let (parts, body) = res.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Reply { status, headers: parts.headers, body })
+    Ok(Reply {
+        status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// Waits (bounded) until `f` is true.

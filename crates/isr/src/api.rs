@@ -22,7 +22,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn bad(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
     }
 
     /// 401 with a message.
@@ -112,20 +115,36 @@ pub fn parse_request(
     if secrets.is_empty() || !authorized {
         return Err(ApiError::unauthorized());
     }
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    let req: RequestBody =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("malformed JSON body: {e}")))?;
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let req: RequestBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("malformed JSON body: {e}")))?;
     let layout = match req.kind.as_deref() {
         None | Some("page") => false,
         Some("layout") => true,
-        Some(other) => return Err(ApiError::bad(format!("unknown type `{other}` (use \"page\" or \"layout\")"))),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "unknown type `{other}` (use \"page\" or \"layout\")"
+            )))
+        }
     };
     let expire = match req.mode.as_deref() {
         None | Some("stale") => false,
         Some("expire") => true,
-        Some(other) => return Err(ApiError::bad(format!("unknown mode `{other}` (use \"stale\" or \"expire\")"))),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "unknown mode `{other}` (use \"stale\" or \"expire\")"
+            )))
+        }
     };
-    let paths: Vec<String> = req.path.into_iter().chain(req.paths.unwrap_or_default()).collect();
+    let paths: Vec<String> = req
+        .path
+        .into_iter()
+        .chain(req.paths.unwrap_or_default())
+        .collect();
     for p in &paths {
         if !p.starts_with('/') {
             return Err(ApiError::bad(format!("path `{p}` must start with `/`")));
@@ -136,16 +155,35 @@ pub fn parse_request(
             )));
         }
     }
-    let paths: Vec<String> = paths.iter().map(|p| crate::key::normalize_path(p)).collect();
-    let tags: Vec<String> = req.tag.into_iter().chain(req.tags.unwrap_or_default()).collect();
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| crate::key::normalize_path(p))
+        .collect();
+    let tags: Vec<String> = req
+        .tag
+        .into_iter()
+        .chain(req.tags.unwrap_or_default())
+        .collect();
     if let Some(t) = tags.iter().find(|t| t.trim().is_empty()) {
         return Err(ApiError::bad(format!("tag `{t}` is empty")));
     }
     if paths.is_empty() && tags.is_empty() {
-        return Err(ApiError::bad("nothing to revalidate: give `path`, `paths`, `tag` or `tags`"));
+        return Err(ApiError::bad(
+            "nothing to revalidate: give `path`, `paths`, `tag` or `tags`",
+        ));
     }
-    let (pages, layouts) = if layout { (vec![], paths) } else { (paths, vec![]) };
-    Ok(Revalidation { pages, layouts, tags, expire, eager: req.eager.unwrap_or(false) })
+    let (pages, layouts) = if layout {
+        (vec![], paths)
+    } else {
+        (paths, vec![])
+    };
+    Ok(Revalidation {
+        pages,
+        layouts,
+        tags,
+        expire,
+        eager: req.eager.unwrap_or(false),
+    })
 }
 
 /// Decodes `%XX` and `+` in a query or form value (`application/x-www-form-urlencoded`).
@@ -157,7 +195,8 @@ pub fn form_decode(v: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(x) => {
                         out.push(x);
                         i += 2;
@@ -180,7 +219,11 @@ mod tests {
         Secrets::parse("old, new")
     }
 
-    fn call(bearer: Option<&str>, query: Option<&str>, body: &str) -> Result<Revalidation, ApiError> {
+    fn call(
+        bearer: Option<&str>,
+        query: Option<&str>,
+        body: &str,
+    ) -> Result<Revalidation, ApiError> {
         parse_request(&secrets(), bearer, query, body.as_bytes())
     }
 
@@ -190,10 +233,25 @@ mod tests {
         assert!(call(Some("old"), None, r#"{"tag":"a"}"#).is_ok());
         assert!(call(None, Some("new"), r#"{"tag":"a"}"#).is_ok());
         assert!(call(None, None, r#"{"tag":"a","secret":"old"}"#).is_ok());
-        assert_eq!(call(Some("nope"), None, r#"{"tag":"a"}"#).unwrap_err().status, 401);
-        assert_eq!(call(None, None, r#"{"tag":"a","secret":""}"#).unwrap_err().status, 401);
+        assert_eq!(
+            call(Some("nope"), None, r#"{"tag":"a"}"#)
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(
+            call(None, None, r#"{"tag":"a","secret":""}"#)
+                .unwrap_err()
+                .status,
+            401
+        );
         let none = Secrets::parse("");
-        assert_eq!(parse_request(&none, Some(""), None, b"{}").unwrap_err().status, 401);
+        assert_eq!(
+            parse_request(&none, Some(""), None, b"{}")
+                .unwrap_err()
+                .status,
+            401
+        );
     }
 
     #[test]

@@ -229,7 +229,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        _ => return Err(format!("`{text}` has an unknown unit (use B, KiB, MiB or GiB)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit (use B, KiB, MiB or GiB)"
+            ))
+        }
     };
     n.checked_mul(factor)
         .ok_or_else(|| format!("`{text}` is too large"))
@@ -352,11 +356,14 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         let params = crate::route::param_names(&r.pattern);
         for t in &r.tags {
             for p in crate::route::template_params(t) {
-                if !params.iter().any(|n| *n == p) {
+                if !params.contains(&p) {
                     return Err(locate.value_error(
                         "tags",
                         t,
-                        &format!("tag template uses `{{{p}}}`, which `{}` does not define", r.pattern),
+                        &format!(
+                            "tag template uses `{{{p}}}`, which `{}` does not define",
+                            r.pattern
+                        ),
                     ));
                 }
             }
@@ -376,20 +383,34 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        locate.value_error("listen", &listen_text, "expected an address such as 127.0.0.1:8080")
+        locate.value_error(
+            "listen",
+            &listen_text,
+            "expected an address such as 127.0.0.1:8080",
+        )
     })?;
 
-    let origin_text = overrides.origin.clone().or(file.origin.clone()).ok_or_else(|| {
-        locate.key_error("origin", "required: the URL of your site, e.g. http://127.0.0.1:3000 (or --origin)".into())
-    })?;
-    let origin = parse_http_url(&origin_text)
-        .map_err(|m| locate.value_error("origin", &origin_text, &m))?;
+    let origin_text = overrides
+        .origin
+        .clone()
+        .or(file.origin.clone())
+        .ok_or_else(|| {
+            locate.key_error(
+                "origin",
+                "required: the URL of your site, e.g. http://127.0.0.1:3000 (or --origin)".into(),
+            )
+        })?;
+    let origin =
+        parse_http_url(&origin_text).map_err(|m| locate.value_error("origin", &origin_text, &m))?;
     let origin_host = match &file.origin_host {
         Some(h) if h.is_empty() || http::HeaderValue::from_str(h).is_err() => {
             return Err(locate.value_error("origin_host", h, "not a valid Host header value"))
         }
         Some(h) => h.clone(),
-        None => origin.authority().map(|a| a.to_string()).unwrap_or_default(),
+        None => origin
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     };
     let public_url = match &file.public_url {
         Some(u) => Some(parse_http_url(u).map_err(|m| locate.value_error("public_url", u, &m))?),
@@ -431,7 +452,10 @@ fn parse_http_url(text: &str) -> Result<http::Uri, String> {
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err("https origins are not supported yet: put isr next to the origin and use http".into())
+            return Err(
+                "https origins are not supported yet: put isr next to the origin and use http"
+                    .into(),
+            )
         }
         _ => return Err("the URL must start with http://".into()),
     }
@@ -449,7 +473,10 @@ struct Locator<'a> {
 
 impl Locator<'_> {
     fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
@@ -471,29 +498,38 @@ impl Locator<'_> {
         };
         let key = if key.is_empty() {
             // "unknown field `x`" names the key itself.
-            message
-                .split('`')
-                .nth(1)
-                .unwrap_or("-")
-                .to_string()
+            message.split('`').nth(1).unwrap_or("-").to_string()
         } else {
             key
         };
-        ConfigError { file: self.name.into(), line, key, message }
+        ConfigError {
+            file: self.name.into(),
+            line,
+            key,
+            message,
+        }
     }
 
     /// An error about `key` whose value could not be located more precisely.
     fn key_error(&self, key: &str, message: String) -> ConfigError {
         let line = self.find_line(|l| l.split('=').next().map(str::trim) == Some(key));
-        ConfigError { file: self.name.into(), line, key: key.into(), message }
+        ConfigError {
+            file: self.name.into(),
+            line,
+            key: key.into(),
+            message,
+        }
     }
 
     /// An error about `key = value`: the line holding that value.
     fn value_error(&self, key: &str, value: &str, message: &str) -> ConfigError {
-        let line = self.find_line(|l| {
-            l.split('=').next().map(str::trim) == Some(key) && l.contains(value)
-        });
-        let line = if line == 0 { self.find_line(|l| l.contains(value)) } else { line };
+        let line = self
+            .find_line(|l| l.split('=').next().map(str::trim) == Some(key) && l.contains(value));
+        let line = if line == 0 {
+            self.find_line(|l| l.contains(value))
+        } else {
+            line
+        };
         ConfigError {
             file: self.name.into(),
             line,
@@ -503,11 +539,7 @@ impl Locator<'_> {
     }
 
     fn find_line(&self, pred: impl Fn(&str) -> bool) -> usize {
-        self.text
-            .lines()
-            .position(pred)
-            .map(|i| i + 1)
-            .unwrap_or(0)
+        self.text.lines().position(pred).map(|i| i + 1).unwrap_or(0)
     }
 }
 
@@ -568,7 +600,10 @@ revalidate = false
     fn unknown_key_names_file_line_and_key() {
         let e = cfg("origin = \"http://127.0.0.1:3000\"\n[cache]\nrevalidat = 5\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "revalidat"), "{e}");
-        assert!(e.to_string().starts_with("isr.toml:3: key `revalidat`"), "{e}");
+        assert!(
+            e.to_string().starts_with("isr.toml:3: key `revalidat`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -580,20 +615,25 @@ revalidate = false
     #[test]
     fn missing_origin_is_an_error_unless_given_as_flag() {
         assert_eq!(cfg("").unwrap_err().key, "origin");
-        let o = Overrides { origin: Some("http://127.0.0.1:3000".into()), ..Default::default() };
+        let o = Overrides {
+            origin: Some("http://127.0.0.1:3000".into()),
+            ..Default::default()
+        };
         assert!(parse("<flags>", "", &o).is_ok());
     }
 
     #[test]
     fn tag_template_must_use_route_params() {
-        let e = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/b/{slug}\"\ntags = [\"p-{id}\"]\n")
-            .unwrap_err();
+        let e =
+            cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/b/{slug}\"\ntags = [\"p-{id}\"]\n")
+                .unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (4, "tags"), "{e}");
     }
 
     #[test]
     fn wrong_type_names_key() {
-        let e = cfg("origin = \"http://a:1\"\n[cache]\nregen_concurrency = \"many\"\n").unwrap_err();
+        let e =
+            cfg("origin = \"http://a:1\"\n[cache]\nregen_concurrency = \"many\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "regen_concurrency"), "{e}");
     }
 }

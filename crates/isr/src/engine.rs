@@ -46,8 +46,15 @@ pub struct ErrorResponse {
 impl ErrorResponse {
     fn from_fetch(e: &FetchError) -> ErrorResponse {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        ErrorResponse { status: e.status(), headers, body: Bytes::from(format!("{e}\n")) }
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        ErrorResponse {
+            status: e.status(),
+            headers,
+            body: Bytes::from(format!("{e}\n")),
+        }
     }
 }
 
@@ -89,7 +96,10 @@ impl Now {
         let base_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        Now { base_ms, base: tokio::time::Instant::now() }
+        Now {
+            base_ms,
+            base: tokio::time::Instant::now(),
+        }
     }
 
     fn ms(&self) -> u64 {
@@ -303,7 +313,11 @@ impl Engine {
         let (tx, rx) = watch::channel(None);
         flights.insert(key.to_string(), rx.clone());
         drop(flights);
-        let guard = FlightGuard { engine: self.clone(), key: key.to_string(), tx };
+        let guard = FlightGuard {
+            engine: self.clone(),
+            key: key.to_string(),
+            tx,
+        };
         let rules = rules.clone();
         tokio::spawn(async move {
             let _permit = match permit {
@@ -336,31 +350,65 @@ impl Engine {
             }
             Ok(Fetched::TooLarge(parts, prefix, rest)) => {
                 let why = format!("response over max_body ({} bytes)", self.cfg.cache.max_body);
-                return self.uncacheable(key, rules, has_copy, why, parts, Body::Stream { prefix: Some(prefix), rest });
+                return self.uncacheable(
+                    key,
+                    rules,
+                    has_copy,
+                    why,
+                    parts,
+                    Body::Stream {
+                        prefix: Some(prefix),
+                        rest,
+                    },
+                );
             }
             Ok(Fetched::Complete(parts, body)) => (parts, body),
         };
         let status = parts.status.as_u16();
         if !policy::is_storable_status(status) {
             failure(format!("origin answered {status}"));
-            let e = ErrorResponse { status: parts.status, headers: parts.headers, body };
+            let e = ErrorResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            };
             return Outcome::Failed(Arc::new(e));
         }
-        let entry = match origin::build_entry(&parts, body.clone(), rules, &self.cfg.cache, key, generated) {
-            Ok(e) => e,
-            Err(why) => {
-                return self.uncacheable(key, rules, has_copy, format!("{why:?}"), parts, Body::full(body))
-            }
-        };
+        let entry =
+            match origin::build_entry(&parts, body.clone(), rules, &self.cfg.cache, key, generated)
+            {
+                Ok(e) => e,
+                Err(why) => {
+                    return self.uncacheable(
+                        key,
+                        rules,
+                        has_copy,
+                        format!("{why:?}"),
+                        parts,
+                        Body::full(body),
+                    )
+                }
+            };
         let entry = match tokio::task::spawn_blocking(move || origin::with_variants(entry)).await {
             Ok(e) => Arc::new(e),
             Err(e) => {
-                let e = FetchError::Invalid { origin: self.origin.url().into(), detail: e.to_string() };
+                let e = FetchError::Invalid {
+                    origin: self.origin.url().into(),
+                    detail: e.to_string(),
+                };
                 return Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&e)));
             }
         };
-        tracing::debug!(key, status, ms = started.elapsed().as_millis() as u64, "page generated");
-        self.backoff.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        tracing::debug!(
+            key,
+            status,
+            ms = started.elapsed().as_millis() as u64,
+            "page generated"
+        );
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         match self.store.put(key, entry.clone()).await {
             Ok(true) => {}
             Ok(false) => {
@@ -371,7 +419,9 @@ impl Engine {
                     return Outcome::Stored(newer);
                 }
             }
-            Err(e) => tracing::error!(key, error = %e, "could not store the page; serving it from memory"),
+            Err(e) => {
+                tracing::error!(key, error = %e, "could not store the page; serving it from memory")
+            }
         }
         self.hot.insert(key, entry.clone());
         Outcome::Stored(entry)
@@ -388,10 +438,15 @@ impl Engine {
     ) -> Outcome {
         if has_copy {
             self.record_failure(key, rules, &format!("uncacheable response: {why}"));
-            let e = ErrorResponse { status: StatusCode::BAD_GATEWAY, headers: HeaderMap::new(), body: Bytes::new() };
+            let e = ErrorResponse {
+                status: StatusCode::BAD_GATEWAY,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            };
             return Outcome::Failed(Arc::new(e));
         }
-        let until = self.now() + policy::hit_for_miss_ms(rules.revalidate.unwrap_or(self.cfg.cache.revalidate));
+        let until = self.now()
+            + policy::hit_for_miss_ms(rules.revalidate.unwrap_or(self.cfg.cache.revalidate));
         self.uncacheable.insert(key.to_string(), until);
         tracing::info!(key, reason = %why, "response is uncacheable; passing this key through for a while");
         Outcome::Uncacheable(Arc::new(Mutex::new(Some(Passthrough { parts, body }))))
@@ -401,11 +456,19 @@ impl Engine {
         let window = rules.revalidate.unwrap_or(self.cfg.cache.revalidate);
         let now = self.now();
         let mut map = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        let b = map.entry(key.to_string()).or_insert(Backoff { failures: 0, until: 0 });
+        let b = map.entry(key.to_string()).or_insert(Backoff {
+            failures: 0,
+            until: 0,
+        });
         b.failures += 1;
         b.until = now + policy::backoff_ms(b.failures, window);
-        tracing::warn!(key, reason = why, failures = b.failures, retry_in_ms = b.until - now,
-            "regeneration failed; still serving the last good page");
+        tracing::warn!(
+            key,
+            reason = why,
+            failures = b.failures,
+            retry_in_ms = b.until - now,
+            "regeneration failed; still serving the last good page"
+        );
     }
 
     /// Applies an on-demand revalidation; returns its timestamp (unix ms).
@@ -451,14 +514,27 @@ impl Engine {
         }
         for p in &r.layouts {
             let prefix = p.trim_end_matches('/');
-            let found = self.store.keys_with_prefix(prefix).await.unwrap_or_default();
-            keys.extend(found.into_iter().filter(|k| key::is_under(key::path_of(k), p)));
+            let found = self
+                .store
+                .keys_with_prefix(prefix)
+                .await
+                .unwrap_or_default();
+            keys.extend(
+                found
+                    .into_iter()
+                    .filter(|k| key::is_under(key::path_of(k), p)),
+            );
         }
         keys.sort();
         keys.dedup();
-        tracing::info!(pages = keys.len(), "eager revalidation: regenerating affected pages");
+        tracing::info!(
+            pages = keys.len(),
+            "eager revalidation: regenerating affected pages"
+        );
         for k in keys {
-            let Ok(permit) = self.regen_slots.clone().acquire_owned().await else { return };
+            let Ok(permit) = self.regen_slots.clone().acquire_owned().await else {
+                return;
+            };
             let rules = self.routes.rules(key::path_of(&k));
             drop(self.start_flight(&k, &rules, true, true, Some(permit)));
         }
@@ -485,7 +561,11 @@ impl Drop for FlightGuard {
                 origin: self.engine.origin.url().to_string(),
                 detail: "the regeneration was abandoned".into(),
             };
-            let _ = self.tx.send(Some(Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&e)))));
+            let _ = self
+                .tx
+                .send(Some(Outcome::Failed(Arc::new(ErrorResponse::from_fetch(
+                    &e,
+                )))));
         }
     }
 }

@@ -74,7 +74,11 @@ pub struct Meta {
 impl Meta {
     /// The timing facts the policy needs.
     pub fn timing(&self) -> Timing {
-        Timing { generated: self.generated, revalidate: self.revalidate, expire: self.expire }
+        Timing {
+            generated: self.generated,
+            revalidate: self.revalidate,
+            expire: self.expire,
+        }
     }
 
     /// Encodes for the store.
@@ -111,14 +115,24 @@ impl Entry {
             .headers
             .iter()
             .filter_map(|(n, v)| {
-                Some((HeaderName::from_bytes(n.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
+                Some((
+                    HeaderName::from_bytes(n.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
             })
             .collect();
         let etags = Encoding::ALL.map(|e| {
             HeaderValue::from_str(&format!("\"{}{}\"", meta.hash, e.etag_suffix()))
                 .expect("hex etag is a valid header")
         });
-        Entry { meta, identity, br, gzip, headers, etags }
+        Entry {
+            meta,
+            identity,
+            br,
+            gzip,
+            headers,
+            etags,
+        }
     }
 
     /// The body and encoding to send for an `Accept-Encoding` header.
@@ -146,7 +160,12 @@ impl Entry {
         let bodies = self.identity.len()
             + self.br.as_ref().map_or(0, Bytes::len)
             + self.gzip.as_ref().map_or(0, Bytes::len);
-        let headers: usize = self.meta.headers.iter().map(|(n, v)| n.len() + v.len() + 64).sum();
+        let headers: usize = self
+            .meta
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 64)
+            .sum();
         let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
         (bodies + headers + tags + 512) as u64
     }
@@ -154,7 +173,9 @@ impl Entry {
 
 /// True when an `Accept-Encoding` value accepts `name` (a `q=0` refuses it).
 fn accepts(header: &[u8], name: &str) -> bool {
-    let Ok(text) = std::str::from_utf8(header) else { return false };
+    let Ok(text) = std::str::from_utf8(header) else {
+        return false;
+    };
     text.split(',').any(|item| {
         let mut parts = item.split(';');
         let coding = parts.next().unwrap_or("").trim();
@@ -171,7 +192,12 @@ fn accepts(header: &[u8], name: &str) -> bool {
 
 /// True for content types worth compressing: HTML, CSS, JS, JSON, XML, SVG, text.
 pub fn is_compressible(content_type: &str) -> bool {
-    let ct = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     ct.starts_with("text/")
         || ct.ends_with("+json")
         || ct.ends_with("+xml")
@@ -194,10 +220,17 @@ pub fn compress(body: &[u8]) -> (Option<Bytes>, Option<Bytes>) {
     }
     let mut br = Vec::with_capacity(body.len() / 3);
     {
-        let params = brotli::enc::BrotliEncoderParams { quality: 9, lgwin: 22, ..Default::default() };
+        let params = brotli::enc::BrotliEncoderParams {
+            quality: 9,
+            lgwin: 22,
+            ..Default::default()
+        };
         let _ = brotli::BrotliCompress(&mut &body[..], &mut br, &params);
     }
-    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::new(6));
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 3),
+        flate2::Compression::new(6),
+    );
     let gz = gz.write_all(body).and_then(|_| gz.finish()).ok();
     let keep = |v: Vec<u8>| (v.len() < body.len()).then(|| Bytes::from(v));
     (keep(br), gz.and_then(keep))
@@ -215,7 +248,9 @@ pub fn hash(body: &[u8]) -> String {
 
 /// True when an `If-None-Match` value matches `etag` (weak comparison, as RFC 9110 says).
 pub fn if_none_match(header: &HeaderValue, etag: &HeaderValue) -> bool {
-    let Ok(text) = header.to_str() else { return false };
+    let Ok(text) = header.to_str() else {
+        return false;
+    };
     let want = etag.as_bytes();
     text.split(',').any(|t| {
         let t = t.trim();
@@ -261,7 +296,9 @@ mod tests {
         let text = "<p>hello</p>".repeat(100);
         let e = entry(&text);
         let mut out = String::new();
-        flate2::read::GzDecoder::new(&e.gzip.as_ref().unwrap()[..]).read_to_string(&mut out).unwrap();
+        flate2::read::GzDecoder::new(&e.gzip.as_ref().unwrap()[..])
+            .read_to_string(&mut out)
+            .unwrap();
         assert_eq!(out, text);
         let mut out = Vec::new();
         brotli::BrotliDecompress(&mut &e.br.as_ref().unwrap()[..], &mut out).unwrap();

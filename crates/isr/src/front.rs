@@ -93,7 +93,8 @@ impl Front {
                     async move { Ok::<_, Infallible>(front.handle(req, remote).await) }
                 });
                 let mut http = hyper::server::conn::http1::Builder::new();
-                http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
                 if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
@@ -131,14 +132,22 @@ impl Front {
                 };
             }
         }
-        if req.headers().contains_key(header::AUTHORIZATION) || has_bypass_cookie(req.headers(), &cfg.cache.bypass_cookies) {
+        if req.headers().contains_key(header::AUTHORIZATION)
+            || has_bypass_cookie(req.headers(), &cfg.cache.bypass_cookies)
+        {
             return self.proxy(req, remote).await;
         }
         let served = self.engine.serve(&key, &rules).await;
         self.respond(req, &key, served, remote).await
     }
 
-    async fn respond(&self, req: Request<Incoming>, key: &str, served: Served, remote: SocketAddr) -> Response<Body> {
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        key: &str,
+        served: Served,
+        remote: SocketAddr,
+    ) -> Response<Body> {
         match served {
             Served::Hit(e) => self.cached(&req, key, &e, CacheState::Hit),
             Served::Stale(e) => self.cached(&req, key, &e, CacheState::Stale),
@@ -147,7 +156,8 @@ impl Front {
                 let mut res = Response::from_parts(p.parts, p.body);
                 crate::origin::strip_hop_by_hop(res.headers_mut());
                 strip_control_headers(res.headers_mut());
-                res.headers_mut().insert(X_ISR_CACHE, CacheState::Bypass.header());
+                res.headers_mut()
+                    .insert(X_ISR_CACHE, CacheState::Bypass.header());
                 head_only(&req, res)
             }
             // Hit-for-miss: this visitor's own request goes to the origin.
@@ -159,21 +169,31 @@ impl Front {
                 crate::origin::strip_hop_by_hop(res.headers_mut());
                 strip_control_headers(res.headers_mut());
                 res.headers_mut().remove(header::CONTENT_LENGTH);
-                res.headers_mut().insert(X_ISR_CACHE, CacheState::Miss.header());
+                res.headers_mut()
+                    .insert(X_ISR_CACHE, CacheState::Miss.header());
                 head_only(&req, res)
             }
         }
     }
 
     /// A response from a cached entry.
-    fn cached(&self, req: &Request<Incoming>, key: &str, e: &Entry, state: CacheState) -> Response<Body> {
+    fn cached(
+        &self,
+        req: &Request<Incoming>,
+        key: &str,
+        e: &Entry,
+        state: CacheState,
+    ) -> Response<Body> {
         let now = self.engine.now();
         let freshness = self.engine.freshness(key, e, now);
         let timing = e.meta.timing();
         let (encoding, body) = e.body_for(req.headers().get(header::ACCEPT_ENCODING));
         let etag = e.etag(encoding);
         let not_modified = (200..300).contains(&e.meta.status)
-            && req.headers().get(header::IF_NONE_MATCH).is_some_and(|inm| entry::if_none_match(inm, etag));
+            && req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .is_some_and(|inm| entry::if_none_match(inm, etag));
         let status = if not_modified {
             StatusCode::NOT_MODIFIED
         } else {
@@ -195,7 +215,10 @@ impl Front {
             }
         }
         h.insert(X_ISR_CACHE, state.header());
-        h.insert(header::AGE, HeaderValue::from(policy::secs(timing.age(now))));
+        h.insert(
+            header::AGE,
+            HeaderValue::from(policy::secs(timing.age(now))),
+        );
         h.insert(header::ETAG, etag.clone());
         if let Ok(cc) = HeaderValue::from_str(&policy::cache_control(&timing, freshness, now)) {
             h.insert(header::CACHE_CONTROL, cc);
@@ -213,13 +236,22 @@ impl Front {
         match self.engine.origin().proxy(req, remote.ip()).await {
             Ok(res) => {
                 let (mut parts, body) = res.into_parts();
-                parts.headers.insert(X_ISR_CACHE, CacheState::Bypass.header());
-                Response::from_parts(parts, Body::Stream { prefix: None, rest: body })
+                parts
+                    .headers
+                    .insert(X_ISR_CACHE, CacheState::Bypass.header());
+                Response::from_parts(
+                    parts,
+                    Body::Stream {
+                        prefix: None,
+                        rest: body,
+                    },
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e, "proxying to the origin failed");
                 let mut res = plain(e.status(), &format!("{e}\n"));
-                res.headers_mut().insert(X_ISR_CACHE, CacheState::Bypass.header());
+                res.headers_mut()
+                    .insert(X_ISR_CACHE, CacheState::Bypass.header());
                 res
             }
         }
@@ -229,16 +261,23 @@ impl Front {
         match req.uri().path() {
             "/_isr/revalidate" => self.revalidate_api(req).await,
             "/_isr/health" => plain(StatusCode::OK, "ok"),
-            other => json(StatusCode::NOT_FOUND, &ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: format!("no such isr endpoint: {other}"),
-            }.body()),
+            other => json(
+                StatusCode::NOT_FOUND,
+                &ApiError {
+                    status: StatusCode::NOT_FOUND,
+                    message: format!("no such isr endpoint: {other}"),
+                }
+                .body(),
+            ),
         }
     }
 
     async fn revalidate_api(&self, req: Request<Incoming>) -> Response<Body> {
         match self.revalidate_inner(req).await {
-            Ok(now) => json(StatusCode::OK, &serde_json::json!({ "revalidated": true, "now": now }).to_string()),
+            Ok(now) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "revalidated": true, "now": now }).to_string(),
+            ),
             Err(e) => json(e.status, &e.body()),
         }
     }
@@ -278,7 +317,12 @@ impl Front {
             .await
             .map_err(|_| too_large())?
             .to_bytes();
-        let r = api::parse_request(&self.secrets, bearer.as_deref(), query_secret.as_deref(), &body)?;
+        let r = api::parse_request(
+            &self.secrets,
+            bearer.as_deref(),
+            query_secret.as_deref(),
+            &body,
+        )?;
         self.engine.revalidate(&r).await.map_err(|e| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("could not record the revalidation: {e}"),
@@ -314,16 +358,20 @@ fn head_only(req: &Request<Incoming>, mut res: Response<Body>) -> Response<Body>
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut res = Response::new(Body::full(text.to_string()));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     res
 }
 
 fn json(status: StatusCode, body: &str) -> Response<Body> {
     let mut res = Response::new(Body::full(body.to_string()));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 
@@ -334,9 +382,11 @@ mod tests {
     #[test]
     fn bypass_cookie_detection() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; __isr_preview=x"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __isr_preview=x"),
+        );
         assert!(has_bypass_cookie(&h, &["__isr_preview".into()]));
         assert!(!has_bypass_cookie(&h, &["other".into()]));
     }
-
 }

@@ -79,14 +79,22 @@ impl Server {
         let store: Arc<dyn store::Store> = Arc::new(store::RedbStore::open(&cfg.data_dir)?);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
-            .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
         let engine = Engine::new(cfg, store).await?;
-        Ok(Server { front: front::Front::new(engine, secrets), listener })
+        Ok(Server {
+            front: front::Front::new(engine, secrets),
+            listener,
+        })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` completes.

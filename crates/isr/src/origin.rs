@@ -150,9 +150,15 @@ impl Origin {
     fn connect_error(&self, e: &hyper_util::client::legacy::Error) -> FetchError {
         let detail = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
         if e.is_connect() {
-            FetchError::Connect { origin: self.base.clone(), detail }
+            FetchError::Connect {
+                origin: self.base.clone(),
+                detail,
+            }
         } else {
-            FetchError::Invalid { origin: self.base.clone(), detail }
+            FetchError::Invalid {
+                origin: self.base.clone(),
+                detail,
+            }
         }
     }
 
@@ -161,17 +167,27 @@ impl Origin {
     pub async fn fetch(&self, key: &str) -> Result<Fetched, FetchError> {
         let mut req = Request::get(format!("{}{}", self.base, key))
             .body(Empty::new())
-            .map_err(|e| FetchError::Invalid { origin: self.base.clone(), detail: e.to_string() })?;
+            .map_err(|e| FetchError::Invalid {
+                origin: self.base.clone(),
+                detail: e.to_string(),
+            })?;
         let h = req.headers_mut();
         h.insert(header::HOST, self.host.clone());
         h.insert(header::USER_AGENT, self.user_agent.clone());
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         if let Some((proto, host)) = &self.forwarded {
             h.insert("x-forwarded-proto", proto.clone());
             h.insert("x-forwarded-host", host.clone());
         }
         let work = async {
-            let res = self.client.request(req).await.map_err(|e| self.connect_error(&e))?;
+            let res = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| self.connect_error(&e))?;
             let (parts, mut body) = res.into_parts();
             let declared = parts
                 .headers
@@ -180,7 +196,8 @@ impl Origin {
             if declared.is_some_and(|n| n > self.max_body) {
                 return Ok(Fetched::TooLarge(parts, Bytes::new(), body));
             }
-            let mut buf = BytesMut::with_capacity(declared.unwrap_or(16384).min(self.max_body) as usize);
+            let mut buf =
+                BytesMut::with_capacity(declared.unwrap_or(16384).min(self.max_body) as usize);
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| FetchError::Invalid {
                     origin: self.base.clone(),
@@ -197,20 +214,30 @@ impl Origin {
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(FetchError::Timeout { origin: self.base.clone(), timeout: self.timeout }),
+            Err(_) => Err(FetchError::Timeout {
+                origin: self.base.clone(),
+                timeout: self.timeout,
+            }),
         }
     }
 
     /// Proxies a visitor's request as it is (bypass, non-GET methods): the visitor's
     /// headers minus hop-by-hop ones, `Host` = origin_host, `X-Forwarded-For` appended.
-    pub async fn proxy(&self, req: Request<Incoming>, client: IpAddr) -> Result<Response<Incoming>, FetchError> {
+    pub async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        client: IpAddr,
+    ) -> Result<Response<Incoming>, FetchError> {
         let (parts, body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut out = Request::builder()
             .method(parts.method)
             .uri(format!("{}{}", self.base, target))
             .body(body)
-            .map_err(|e| FetchError::Invalid { origin: self.base.clone(), detail: e.to_string() })?;
+            .map_err(|e| FetchError::Invalid {
+                origin: self.base.clone(),
+                detail: e.to_string(),
+            })?;
         let h = out.headers_mut();
         *h = parts.headers;
         strip_hop_by_hop(h);
@@ -228,7 +255,10 @@ impl Origin {
                 Ok(res)
             }
             Ok(Err(e)) => Err(self.connect_error(&e)),
-            Err(_) => Err(FetchError::Timeout { origin: self.base.clone(), timeout: self.timeout }),
+            Err(_) => Err(FetchError::Timeout {
+                origin: self.base.clone(),
+                timeout: self.timeout,
+            }),
         }
     }
 }
@@ -276,7 +306,10 @@ fn directives(h: &HeaderMap, name: HeaderName) -> Vec<(String, Option<String>)> 
         .flat_map(|v| v.split(','))
         .filter(|d| !d.trim().is_empty())
         .map(|d| match d.split_once('=') {
-            Some((n, v)) => (n.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"').to_string())),
+            Some((n, v)) => (
+                n.trim().to_ascii_lowercase(),
+                Some(v.trim().trim_matches('"').to_string()),
+            ),
             None => (d.trim().to_ascii_lowercase(), None),
         })
         .collect()
@@ -291,7 +324,11 @@ pub fn origin_freshness(h: &HeaderMap, key: &str) -> OriginFreshness {
             Ok("false") => f.isr_revalidate = Some(None),
             Ok(s) => match s.parse::<u64>() {
                 Ok(n) => f.isr_revalidate = Some(Some(n.saturating_mul(1000))),
-                Err(_) => tracing::warn!(key, value = s, "ignoring x-isr-revalidate: expected seconds or `false`"),
+                Err(_) => tracing::warn!(
+                    key,
+                    value = s,
+                    "ignoring x-isr-revalidate: expected seconds or `false`"
+                ),
             },
             Err(_) => tracing::warn!(key, "ignoring x-isr-revalidate: not text"),
         }
@@ -322,7 +359,12 @@ pub fn origin_tags(h: &HeaderMap) -> Vec<String> {
     let mut tags = Vec::new();
     let mut add = |name: &str, sep: char| {
         for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
-            tags.extend(v.split(sep).map(str::trim).filter(|t| !t.is_empty()).map(String::from));
+            tags.extend(
+                v.split(sep)
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(String::from),
+            );
         }
     };
     add("x-isr-tags", ',');
@@ -380,7 +422,13 @@ pub fn build_entry(
 /// Adds Brotli and gzip variants when the content type is worth it and the origin did
 /// not encode the body itself. CPU-bound: call from a blocking thread.
 pub fn with_variants(e: Entry) -> Entry {
-    let header = |name: &str| e.meta.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let header = |name: &str| {
+        e.meta
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
     let encoded = header("content-encoding").is_some_and(|v| v != "identity");
     if encoded || !header("content-type").is_some_and(entry::is_compressible) {
         return e;
@@ -406,31 +454,62 @@ mod tests {
 
     #[test]
     fn uncacheable_responses() {
-        let rules = Rules { cache: true, ..Default::default() };
+        let rules = Rules {
+            cache: true,
+            ..Default::default()
+        };
         let c = CacheConfig::default();
-        let build = |h: &[(&str, &str)]| build_entry(&parts(h), Bytes::new(), &rules, &c, "/", 0).err();
-        assert_eq!(build(&[("set-cookie", "a=b")]), Some(Uncacheable::SetCookie));
-        assert_eq!(build(&[("cache-control", "private, max-age=0")]), Some(Uncacheable::Private));
-        assert_eq!(build(&[("cache-control", "no-store")]), Some(Uncacheable::Private));
-        assert_eq!(build(&[("vary", "Accept-Encoding, Cookie")]), Some(Uncacheable::Vary));
+        let build =
+            |h: &[(&str, &str)]| build_entry(&parts(h), Bytes::new(), &rules, &c, "/", 0).err();
+        assert_eq!(
+            build(&[("set-cookie", "a=b")]),
+            Some(Uncacheable::SetCookie)
+        );
+        assert_eq!(
+            build(&[("cache-control", "private, max-age=0")]),
+            Some(Uncacheable::Private)
+        );
+        assert_eq!(
+            build(&[("cache-control", "no-store")]),
+            Some(Uncacheable::Private)
+        );
+        assert_eq!(
+            build(&[("vary", "Accept-Encoding, Cookie")]),
+            Some(Uncacheable::Vary)
+        );
         assert_eq!(build(&[("vary", "*")]), Some(Uncacheable::Vary));
         assert_eq!(build(&[("vary", "accept-language")]), None);
     }
 
     #[test]
     fn tags_headers_and_freshness_from_the_origin() {
-        let rules = Rules { cache: true, tags: vec!["route".into()], ..Default::default() };
+        let rules = Rules {
+            cache: true,
+            tags: vec!["route".into()],
+            ..Default::default()
+        };
         let p = parts(&[
             ("x-isr-tags", "a, b"),
             ("cache-tag", "c,route"),
             ("surrogate-key", "d  e"),
-            ("cache-control", "public, s-maxage=30, stale-while-revalidate=60"),
+            (
+                "cache-control",
+                "public, s-maxage=30, stale-while-revalidate=60",
+            ),
             ("content-type", "text/html"),
             ("connection", "x-custom"),
             ("x-custom", "hop"),
             ("x-kept", "yes"),
         ]);
-        let e = build_entry(&p, Bytes::from_static(b"hi"), &rules, &CacheConfig::default(), "/", 7).unwrap();
+        let e = build_entry(
+            &p,
+            Bytes::from_static(b"hi"),
+            &rules,
+            &CacheConfig::default(),
+            "/",
+            7,
+        )
+        .unwrap();
         assert_eq!(e.meta.tags, ["route", "a", "b", "c", "d", "e"]);
         assert_eq!((e.meta.revalidate, e.meta.expire), (Some(30_000), 90_000));
         let names: Vec<&str> = e.meta.headers.iter().map(|(n, _)| n.as_str()).collect();
@@ -439,7 +518,11 @@ mod tests {
 
     #[test]
     fn unparseable_control_headers_are_ignored() {
-        let h = parts(&[("x-isr-revalidate", "soon"), ("cache-control", "s-maxage=abc")]).headers;
+        let h = parts(&[
+            ("x-isr-revalidate", "soon"),
+            ("cache-control", "s-maxage=abc"),
+        ])
+        .headers;
         assert_eq!(origin_freshness(&h, "/"), OriginFreshness::default());
         let h = parts(&[("x-isr-revalidate", "false")]).headers;
         assert_eq!(origin_freshness(&h, "/").isr_revalidate, Some(None));

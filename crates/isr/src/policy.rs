@@ -37,7 +37,10 @@ impl Mark {
 
     /// A revalidation at `now`: `expire` also makes entries stale.
     pub fn at(now: u64, expire: bool) -> Mark {
-        Mark { stale_at: now, expire_at: if expire { now } else { 0 } }
+        Mark {
+            stale_at: now,
+            expire_at: if expire { now } else { 0 },
+        }
     }
 }
 
@@ -131,7 +134,9 @@ pub fn resolve_timing(
         return (w, default_expire);
     }
     if let Some(n) = origin.s_maxage {
-        let expire = origin.swr.map_or(default_expire, |swr| n.saturating_add(swr));
+        let expire = origin
+            .swr
+            .map_or(default_expire, |swr| n.saturating_add(swr));
         return (Some(n), expire);
     }
     (default_revalidate, default_expire)
@@ -139,7 +144,10 @@ pub fn resolve_timing(
 
 /// Statuses that are stored (as Next.js and shared caches do).
 pub fn is_storable_status(status: u16) -> bool {
-    matches!(status, 200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 410)
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 410
+    )
 }
 
 /// Why an origin response cannot be stored and shared.
@@ -207,7 +215,11 @@ mod tests {
     const S: u64 = 1000;
 
     fn timing(generated: u64, revalidate: Window, expire: u64) -> Timing {
-        Timing { generated, revalidate, expire }
+        Timing {
+            generated,
+            revalidate,
+            expire,
+        }
     }
 
     #[test]
@@ -217,7 +229,10 @@ mod tests {
         assert_eq!(freshness(&t, none, 1_000_000), Freshness::Fresh);
         assert_eq!(freshness(&t, none, 1_000_000 + 59_999), Freshness::Fresh);
         assert_eq!(freshness(&t, none, 1_000_000 + 60 * S), Freshness::Stale);
-        assert_eq!(freshness(&t, none, 1_000_000 + 3600 * S), Freshness::Expired);
+        assert_eq!(
+            freshness(&t, none, 1_000_000 + 3600 * S),
+            Freshness::Expired
+        );
     }
 
     #[test]
@@ -232,7 +247,10 @@ mod tests {
         let t = timing(5000, Some(60 * S), 3600 * S);
         assert_eq!(freshness(&t, Mark::at(5000, false), 6000), Freshness::Stale);
         assert_eq!(freshness(&t, Mark::at(4999, false), 6000), Freshness::Fresh);
-        assert_eq!(freshness(&t, Mark::at(6000, true), 6000), Freshness::Expired);
+        assert_eq!(
+            freshness(&t, Mark::at(6000, true), 6000),
+            Freshness::Expired
+        );
         // A later stale mark does not undo an earlier expire.
         let m = Mark::at(6000, true).merge(Mark::at(7000, false));
         assert_eq!(freshness(&t, m, 8000), Freshness::Expired);
@@ -250,7 +268,10 @@ mod tests {
             "public, s-maxage=0, stale-while-revalidate=3500"
         );
         let never = timing(0, None, 3600 * S);
-        assert_eq!(cache_control(&never, Freshness::Fresh, 600 * S), "public, s-maxage=3000");
+        assert_eq!(
+            cache_control(&never, Freshness::Fresh, 600 * S),
+            "public, s-maxage=3000"
+        );
     }
 
     #[test]
@@ -260,13 +281,35 @@ mod tests {
             s_maxage: Some(10 * S),
             swr: Some(20 * S),
         };
-        assert_eq!(resolve_timing(Some(Some(60 * S)), origin, Some(S), 99 * S), (Some(60 * S), 99 * S));
-        assert_eq!(resolve_timing(None, origin, Some(S), 99 * S), (Some(30 * S), 99 * S));
-        let cc = OriginFreshness { s_maxage: Some(10 * S), swr: Some(20 * S), ..Default::default() };
-        assert_eq!(resolve_timing(None, cc, Some(S), 99 * S), (Some(10 * S), 30 * S));
-        let cc = OriginFreshness { s_maxage: Some(10 * S), ..Default::default() };
-        assert_eq!(resolve_timing(None, cc, Some(S), 99 * S), (Some(10 * S), 99 * S));
-        assert_eq!(resolve_timing(None, OriginFreshness::default(), None, 99 * S), (None, 99 * S));
+        assert_eq!(
+            resolve_timing(Some(Some(60 * S)), origin, Some(S), 99 * S),
+            (Some(60 * S), 99 * S)
+        );
+        assert_eq!(
+            resolve_timing(None, origin, Some(S), 99 * S),
+            (Some(30 * S), 99 * S)
+        );
+        let cc = OriginFreshness {
+            s_maxage: Some(10 * S),
+            swr: Some(20 * S),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_timing(None, cc, Some(S), 99 * S),
+            (Some(10 * S), 30 * S)
+        );
+        let cc = OriginFreshness {
+            s_maxage: Some(10 * S),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_timing(None, cc, Some(S), 99 * S),
+            (Some(10 * S), 99 * S)
+        );
+        assert_eq!(
+            resolve_timing(None, OriginFreshness::default(), None, 99 * S),
+            (None, 99 * S)
+        );
     }
 
     #[test]

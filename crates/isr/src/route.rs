@@ -27,7 +27,10 @@ impl Routes {
             // Validated when the config was parsed.
             let _ = router.insert(r.pattern.clone(), i);
         }
-        Routes { router, routes: routes.to_vec() }
+        Routes {
+            router,
+            routes: routes.to_vec(),
+        }
     }
 
     /// The rules for `path`; a path no route matches gets the defaults.
@@ -41,9 +44,16 @@ impl Routes {
                     .map(|t| fill(t, |name| m.params.get(name)))
                     .filter(|t| !t.is_empty())
                     .collect();
-                Rules { revalidate: r.revalidate, tags, cache: r.cache }
+                Rules {
+                    revalidate: r.revalidate,
+                    tags,
+                    cache: r.cache,
+                }
             }
-            Err(_) => Rules { cache: true, ..Rules::default() },
+            Err(_) => Rules {
+                cache: true,
+                ..Rules::default()
+            },
         }
     }
 
@@ -87,7 +97,9 @@ pub(crate) fn template_params(template: &str) -> Vec<&str> {
     let mut names = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
         names.push(rest[open + 1..open + close].trim_start_matches('*'));
         rest = &rest[open + close + 1..];
     }

@@ -26,13 +26,21 @@ impl MemoryStore {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T, StoreError> {
-        let mut inner = self.inner.lock().map_err(|_| StoreError("poisoned".into()))?;
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
         Ok(f(&mut inner))
     }
 }
 
 fn copy(e: &Entry) -> Entry {
-    Entry::new(e.meta.clone(), e.identity.clone(), e.br.clone(), e.gzip.clone())
+    Entry::new(
+        e.meta.clone(),
+        e.identity.clone(),
+        e.br.clone(),
+        e.gzip.clone(),
+    )
 }
 
 impl Store for MemoryStore {
@@ -47,7 +55,10 @@ impl Store for MemoryStore {
     fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             self.with(|i| {
-                if i.entries.get(key).is_some_and(|old| old.meta.generated > entry.meta.generated) {
+                if i.entries
+                    .get(key)
+                    .is_some_and(|old| old.meta.generated > entry.meta.generated)
+                {
                     return false;
                 }
                 i.entries.insert(key.to_string(), entry);
@@ -90,6 +101,8 @@ impl Store for MemoryStore {
     }
 
     fn load_marks(&self) -> StoreFuture<'_, Vec<(String, Mark)>> {
-        Box::pin(async move { self.with(|i| i.marks.iter().map(|(k, v)| (k.clone(), *v)).collect()) })
+        Box::pin(
+            async move { self.with(|i| i.marks.iter().map(|(k, v)| (k.clone(), *v)).collect()) },
+        )
     }
 }

@@ -88,7 +88,11 @@ impl RedbStore {
             .name("isr-store-writer".into())
             .spawn(move || write_loop(&wdb, &queue))
             .map_err(err)?;
-        Ok(RedbStore { db, writer, thread: Some(thread) })
+        Ok(RedbStore {
+            db,
+            writer,
+            thread: Some(thread),
+        })
     }
 
     fn submit(&self, op: Op) -> StoreFuture<'_, bool> {
@@ -96,11 +100,15 @@ impl RedbStore {
         let sent = self.writer.send(Write { op, done });
         Box::pin(async move {
             sent.map_err(|_| StoreError("the store writer has stopped".into()))?;
-            rx.await.map_err(|_| StoreError("the store writer has stopped".into()))?
+            rx.await
+                .map_err(|_| StoreError("the store writer has stopped".into()))?
         })
     }
 
-    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         f(&txn)
     }
@@ -148,7 +156,10 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
                         .get(key.as_str())
                         .map_err(err)?
                         .and_then(|g| Meta::from_bytes(g.value()).ok());
-                    if old.as_ref().is_some_and(|o| o.generated > entry.meta.generated) {
+                    if old
+                        .as_ref()
+                        .is_some_and(|o| o.generated > entry.meta.generated)
+                    {
                         results.push(false);
                         continue;
                     }
@@ -157,7 +168,8 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
                             tags.remove((t.as_str(), key.as_str())).map_err(err)?;
                         }
                     }
-                    meta.insert(key.as_str(), entry.meta.to_bytes().as_slice()).map_err(err)?;
+                    meta.insert(key.as_str(), entry.meta.to_bytes().as_slice())
+                        .map_err(err)?;
                     for enc in Encoding::ALL {
                         let variant = match enc {
                             Encoding::Identity => Some(&entry.identity),
@@ -181,11 +193,16 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
                         .map_err(err)?
                         .map(|g| {
                             let (s, e) = g.value();
-                            Mark { stale_at: s, expire_at: e }
+                            Mark {
+                                stale_at: s,
+                                expire_at: e,
+                            }
                         })
                         .unwrap_or_default();
                     let m = old.merge(*mark);
-                    marks.insert(name.as_str(), (m.stale_at, m.expire_at)).map_err(err)?;
+                    marks
+                        .insert(name.as_str(), (m.stale_at, m.expire_at))
+                        .map_err(err)?;
                     results.push(true);
                 }
             }
@@ -199,7 +216,9 @@ impl Store for RedbStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
         let r = self.read(|txn| {
             let meta = txn.open_table(META).map_err(err)?;
-            let Some(m) = meta.get(key).map_err(err)? else { return Ok(None) };
+            let Some(m) = meta.get(key).map_err(err)? else {
+                return Ok(None);
+            };
             let m = Meta::from_bytes(m.value()).map_err(err)?;
             let body = txn.open_table(BODY).map_err(err)?;
             let load = |e: Encoding| -> Result<Option<Bytes>, StoreError> {
@@ -228,7 +247,10 @@ impl Store for RedbStore {
     }
 
     fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
-        self.submit(Op::Put { key: key.to_string(), entry })
+        self.submit(Op::Put {
+            key: key.to_string(),
+            entry,
+        })
     }
 
     fn keys_with_tag<'a>(&'a self, tag: &'a str) -> StoreFuture<'a, Vec<String>> {
@@ -266,7 +288,10 @@ impl Store for RedbStore {
     }
 
     fn put_mark<'a>(&'a self, name: &'a str, mark: Mark) -> StoreFuture<'a, ()> {
-        let done = self.submit(Op::Mark { name: name.to_string(), mark });
+        let done = self.submit(Op::Mark {
+            name: name.to_string(),
+            mark,
+        });
         Box::pin(async move { done.await.map(|_| ()) })
     }
 
@@ -277,7 +302,13 @@ impl Store for RedbStore {
             for row in marks.iter().map_err(err)? {
                 let (k, v) = row.map_err(err)?;
                 let (s, e) = v.value();
-                out.push((k.value().to_string(), Mark { stale_at: s, expire_at: e }));
+                out.push((
+                    k.value().to_string(),
+                    Mark {
+                        stale_at: s,
+                        expire_at: e,
+                    },
+                ));
             }
             Ok(out)
         });
@@ -323,7 +354,16 @@ mod tests {
         assert_eq!(s.keys_with_tag("y").await.unwrap(), ["/a", "/ab"]);
         assert_eq!(s.keys_with_tag("z").await.unwrap(), ["/a"]);
         assert_eq!(s.keys_with_prefix("/a").await.unwrap(), ["/a", "/ab"]);
-        assert_eq!(s.load_marks().await.unwrap(), [("t:y".to_string(), Mark { stale_at: 5, expire_at: 3 })]);
+        assert_eq!(
+            s.load_marks().await.unwrap(),
+            [(
+                "t:y".to_string(),
+                Mark {
+                    stale_at: 5,
+                    expire_at: 3
+                }
+            )]
+        );
         assert!(s.get("/missing").await.unwrap().is_none());
     }
 }

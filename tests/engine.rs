@@ -1,0 +1,272 @@
+//! Engine tests on tokio's paused clock: the engine driven directly (no front), with an
+//! in-memory store and the loopback test origin, so windows, backoff and single-flight
+//! are checked without sleeping.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Origin, Spec};
+use isr::config::Overrides;
+use isr::engine::{Engine, Revalidation, Served};
+use isr::store::MemoryStore;
+
+const CONFIG: &str = r#"
+[cache]
+revalidate = 60
+expire = 600
+origin_timeout = "30s"
+regen_concurrency = 2
+[[route]]
+match = "/blog/{slug}"
+tags = ["posts", "post-{slug}"]
+"#;
+
+async fn engine(origin: &Origin) -> Arc<Engine> {
+    let cfg = isr::config::parse(
+        "<test>",
+        CONFIG,
+        &Overrides {
+            origin: Some(origin.url()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    Engine::new(cfg, Arc::new(MemoryStore::new()))
+        .await
+        .unwrap()
+}
+
+async fn serve(e: &Arc<Engine>, key: &str) -> (&'static str, String) {
+    let rules = e.routes().rules(isr::key::path_of(key));
+    match e.serve(key, &rules).await {
+        Served::Hit(x) => ("HIT", body(&x)),
+        Served::Stale(x) => ("STALE", body(&x)),
+        Served::Miss(x) => ("MISS", body(&x)),
+        Served::Pass(_) => ("PASS", String::new()),
+        Served::Bypass => ("BYPASS", String::new()),
+        Served::Error(x) => ("ERROR", x.status.to_string()),
+    }
+}
+
+fn body(e: &isr::entry::Entry) -> String {
+    String::from_utf8_lossy(&e.identity)
+        .split_whitespace()
+        .take(4)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Lets spawned regenerations run to completion (the clock auto-advances when idle).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_then_stale_then_regenerated_then_expired() {
+    let origin = Origin::start().await;
+    let e = engine(&origin).await;
+    assert_eq!(serve(&e, "/blog/a").await.0, "MISS");
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(serve(&e, "/blog/a").await.0, "HIT");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (state, body) = serve(&e, "/blog/a").await;
+    assert_eq!(state, "STALE");
+    assert!(body.contains("v1"));
+    settle().await;
+    let (state, body) = serve(&e, "/blog/a").await;
+    assert_eq!(state, "HIT");
+    assert!(body.contains("v2"), "{body}");
+    tokio::time::advance(Duration::from_secs(600)).await;
+    assert_eq!(
+        serve(&e, "/blog/a").await.0,
+        "MISS",
+        "past expire the request waits"
+    );
+    assert_eq!(origin.count("/blog/a"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stampede_on_a_missing_page_shares_one_fetch() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/blog/hot",
+        Spec {
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let e = engine(&origin).await;
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move { serve(&e, "/blog/hot").await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().0, "MISS");
+    }
+    assert_eq!(origin.count("/blog/hot"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_leader_does_not_leave_waiters_hanging() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/blog/d",
+        Spec {
+            delay: Duration::from_secs(5),
+            ..Default::default()
+        },
+    );
+    let e = engine(&origin).await;
+    let leader = {
+        let e = e.clone();
+        tokio::spawn(async move { serve(&e, "/blog/d").await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    leader.abort();
+    // The fetch runs in its own task: a later visitor joins it and gets the page.
+    assert_eq!(serve(&e, "/blog/d").await.0, "MISS");
+    assert_eq!(origin.count("/blog/d"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_keep_the_page_and_back_off_3s_doubling() {
+    let origin = Origin::start().await;
+    let e = engine(&origin).await;
+    serve(&e, "/blog/f").await;
+    origin.set(
+        "/blog/f",
+        Spec {
+            status: Some(500),
+            ..Default::default()
+        },
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let tries = || origin.count("/blog/f") - 1;
+    assert_eq!(serve(&e, "/blog/f").await.0, "STALE");
+    settle().await;
+    assert_eq!(tries(), 1);
+    // Within 3 s, visits make no new try.
+    tokio::time::advance(Duration::from_millis(2900)).await;
+    assert_eq!(serve(&e, "/blog/f").await.0, "STALE");
+    settle().await;
+    assert_eq!(tries(), 1);
+    // After 3 s, the next visitor starts one; then the wait doubles to 6 s.
+    tokio::time::advance(Duration::from_millis(200)).await;
+    serve(&e, "/blog/f").await;
+    settle().await;
+    assert_eq!(tries(), 2);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    serve(&e, "/blog/f").await;
+    settle().await;
+    assert_eq!(tries(), 2);
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    let (state, body) = serve(&e, "/blog/f").await;
+    assert_eq!(
+        (state, body.contains("v1")),
+        ("STALE", true),
+        "the good page is never replaced by an error"
+    );
+    settle().await;
+    assert_eq!(tries(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_copy_is_served_when_the_origin_fails() {
+    let origin = Origin::start().await;
+    let e = engine(&origin).await;
+    serve(&e, "/blog/x").await;
+    origin.set(
+        "/blog/x",
+        Spec {
+            status: Some(502),
+            ..Default::default()
+        },
+    );
+    tokio::time::advance(Duration::from_secs(601)).await;
+    let (state, body) = serve(&e, "/blog/x").await;
+    assert_eq!((state, body.contains("v1")), ("STALE", true));
+    origin.set(
+        "/nowhere",
+        Spec {
+            status: Some(502),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        serve(&e, "/nowhere").await,
+        ("ERROR", "502 Bad Gateway".to_string())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn revalidation_marks_stale_or_expired_in_constant_time() {
+    let origin = Origin::start().await;
+    let e = engine(&origin).await;
+    for k in ["/blog/a", "/blog/b", "/other"] {
+        serve(&e, k).await;
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let tag = |t: &str, expire| Revalidation {
+        tags: vec![t.into()],
+        expire,
+        ..Default::default()
+    };
+    e.revalidate(&tag("post-a", false)).await.unwrap();
+    assert_eq!(serve(&e, "/blog/a").await.0, "STALE");
+    assert_eq!(serve(&e, "/blog/b").await.0, "HIT");
+    settle().await;
+    assert_eq!(serve(&e, "/blog/a").await.0, "HIT");
+    e.revalidate(&tag("posts", true)).await.unwrap();
+    assert_eq!(serve(&e, "/blog/b").await.0, "MISS");
+    assert_eq!(serve(&e, "/other").await.0, "HIT");
+    // A revalidation in the same millisecond as the fetch that follows it still lets the
+    // fetched page count as fresh (no second miss).
+    e.revalidate(&tag("post-b", true)).await.unwrap();
+    assert_eq!(serve(&e, "/blog/b").await.0, "MISS");
+    assert_eq!(serve(&e, "/blog/b").await.0, "HIT");
+}
+
+#[tokio::test(start_paused = true)]
+async fn eager_regeneration_is_bounded_by_regen_concurrency() {
+    let origin = Origin::start().await;
+    let e = engine(&origin).await;
+    let keys: Vec<String> = (0..6).map(|i| format!("/blog/p{i}")).collect();
+    for k in &keys {
+        serve(&e, k).await;
+    }
+    for k in &keys {
+        origin.set(
+            k,
+            Spec {
+                delay: Duration::from_secs(1),
+                ..Default::default()
+            },
+        );
+    }
+    e.revalidate(&Revalidation {
+        tags: vec!["posts".into()],
+        eager: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let regenerated = || keys.iter().filter(|k| origin.count(k) == 2).count();
+    // regen_concurrency = 2: each second of origin time regenerates two pages.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(regenerated(), 2, "two fetches started at once, no more");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(regenerated(), 4);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(regenerated(), 6);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for k in &keys {
+        assert_eq!(serve(&e, k).await.0, "HIT");
+    }
+}
