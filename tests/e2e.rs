@@ -822,3 +822,132 @@ async fn revalidate_command_calls_the_api() {
     let bad = run(SECRET, &["--path", "blog"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("must start with"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_host_public_url_and_api_alias_from_the_config() {
+    let origin = Origin::start().await;
+    let config = format!(
+        "origin_host = \"www.example.com\"\npublic_url = \"https://www.example.com\"\n[api]\npath = \"/api/revalidate\"\n{}",
+        common::CONFIG
+    );
+    let isr = Isr::start_with(&origin, &config).await;
+    isr.get("/blog/h").await.unwrap();
+    let (_, h, _) = origin.last("/blog/h");
+    assert_eq!(h["host"], "www.example.com");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "www.example.com");
+    let auth = format!("Bearer {SECRET}");
+    let r = isr
+        .request(
+            "POST",
+            "/api/revalidate",
+            &[("authorization", &auth)],
+            r#"{"tag":"post-h"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(isr.get("/blog/h").await.unwrap().cache(), "STALE");
+    // Bypassed requests carry the visitor's headers but still the configured Host.
+    isr.request("GET", "/api/x", &[("x-visitor", "v")], "")
+        .await
+        .unwrap();
+    let (_, h, _) = origin.last("/api/x");
+    assert_eq!(
+        (
+            h["host"].to_str().unwrap(),
+            h["x-visitor"].to_str().unwrap()
+        ),
+        ("www.example.com", "v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_story_edit_in_the_cms_is_live_on_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
+        .args([
+            "demo",
+            "--posts",
+            "50",
+            "--render-ms",
+            "5",
+            "--listen",
+            &listen,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("ISR_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{listen}");
+    eventually("the demo starts", async || {
+        send("GET", &format!("{base}/_isr/health"), &[], "")
+            .await
+            .is_ok()
+    })
+    .await;
+    let a = send("GET", &format!("{base}/blog/7"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!((a.status, a.cache()), (200, "MISS"));
+    assert_eq!(
+        send("GET", &format!("{base}/blog/7"), &[], "")
+            .await
+            .unwrap()
+            .cache(),
+        "HIT"
+    );
+    assert_eq!(
+        send("GET", &format!("{base}/blog/999"), &[], "")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    let cms = send("GET", &format!("{base}/cms?post=7"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(cms.cache(), "BYPASS");
+    assert!(cms.text().contains("<form"));
+    let saved = send(
+        "POST",
+        &format!("{base}/cms"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "post=7&title=Fresh+title&body=New+words",
+    )
+    .await
+    .unwrap();
+    assert!(saved.text().contains("revalidated"), "{}", saved.text());
+    let b = send("GET", &format!("{base}/blog/7"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(b.cache(), "MISS");
+    assert!(b.text().contains("Fresh title") && b.text().contains("New words"));
+    assert_eq!(
+        send("GET", &format!("{base}/blog/8"), &[], "")
+            .await
+            .unwrap()
+            .cache(),
+        "MISS"
+    );
+    assert_eq!(
+        send("GET", &format!("{base}/blog/7"), &[], "")
+            .await
+            .unwrap()
+            .cache(),
+        "HIT"
+    );
+    let index = send("GET", &format!("{base}/"), &[], "").await.unwrap();
+    assert!(index.text().contains("Post 50"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -400,8 +400,8 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
                 "required: the URL of your site, e.g. http://127.0.0.1:3000 (or --origin)".into(),
             )
         })?;
-    let origin =
-        parse_http_url(&origin_text).map_err(|m| locate.value_error("origin", &origin_text, &m))?;
+    let origin = parse_url(&origin_text, false)
+        .map_err(|m| locate.value_error("origin", &origin_text, &m))?;
     let origin_host = match &file.origin_host {
         Some(h) if h.is_empty() || http::HeaderValue::from_str(h).is_err() => {
             return Err(locate.value_error("origin_host", h, "not a valid Host header value"))
@@ -413,7 +413,7 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
             .unwrap_or_default(),
     };
     let public_url = match &file.public_url {
-        Some(u) => Some(parse_http_url(u).map_err(|m| locate.value_error("public_url", u, &m))?),
+        Some(u) => Some(parse_url(u, true).map_err(|m| locate.value_error("public_url", u, &m))?),
         None => None,
     };
     let api_path = match &file.api.path {
@@ -445,12 +445,14 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
     })
 }
 
-fn parse_http_url(text: &str) -> Result<http::Uri, String> {
+/// An absolute URL with a host; `https` only where `allow_https` (the public URL).
+fn parse_url(text: &str, allow_https: bool) -> Result<http::Uri, String> {
     let uri: http::Uri = text
         .parse()
         .map_err(|_| "not a URL (expected e.g. http://127.0.0.1:3000)".to_string())?;
     match uri.scheme_str() {
         Some("http") => {}
+        Some("https") if allow_https => {}
         Some("https") => {
             return Err(
                 "https origins are not supported yet: put isr next to the origin and use http"
