@@ -191,50 +191,44 @@ enum SizeValue {
 
 /// Parses `"500ms"`, `"90s"`, `"5m"`, `"1h"`, `"7d"` or a bare number of seconds, to ms.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 500ms, 90s, 5m, 1h, 7d)"))?;
-    let factor = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    const UNITS: &[(&str, u64)] = &[
+        ("ms", 1),
+        ("", 1000),
+        ("s", 1000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ];
+    parse_with_unit(text, UNITS, "a duration (examples: 500ms, 90s, 5m, 1h, 7d)")
 }
 
 /// Parses `"256MiB"`, `"8MB"`, `"64KiB"` or a bare number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
+    const UNITS: &[(&str, u64)] = &[
+        ("", 1),
+        ("B", 1),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1000),
+        ("kB", 1000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+    ];
+    parse_with_unit(text, UNITS, "a size (examples: 65536, 64KiB, 256MiB, 1GiB)")
+}
+
+/// A number followed by one of `units`, multiplied out.
+fn parse_with_unit(text: &str, units: &[(&str, u64)], what: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (examples: 65536, 64KiB, 256MiB, 1GiB)"))?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => {
-            return Err(format!(
-                "`{text}` has an unknown unit (use B, KiB, MiB or GiB)"
-            ))
-        }
-    };
+    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not {what}"))?;
+    let factor = units
+        .iter()
+        .find(|(u, _)| *u == unit.trim())
+        .map(|(_, f)| *f)
+        .ok_or_else(|| format!("`{text}` has an unknown unit: expected {what}"))?;
     n.checked_mul(factor)
         .ok_or_else(|| format!("`{text}` is too large"))
 }

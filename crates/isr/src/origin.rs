@@ -148,7 +148,13 @@ impl Origin {
     }
 
     fn connect_error(&self, e: &hyper_util::client::legacy::Error) -> FetchError {
-        let detail = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
+        // The innermost cause says what happened ("Connection refused").
+        let mut detail = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            detail = c.to_string();
+            cause = c.source();
+        }
         if e.is_connect() {
             FetchError::Connect {
                 origin: self.base.clone(),
