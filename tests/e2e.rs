@@ -923,3 +923,79 @@ async fn demo_story_edit_in_the_cms_is_live_on_the_next_request() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An origin that answers every connection with bytes that are not HTTP.
+async fn garbage_origin() -> Origin {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"SSH-2.0-not-http\r\n\r\n").await;
+        }
+    });
+    let real = Origin::start().await;
+    Origin { addr, ..real }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_http_from_the_origin_is_502_on_a_miss() {
+    let origin = garbage_origin().await;
+    let isr = Isr::start(&origin).await;
+    let r = isr.get("/x").await.unwrap();
+    assert_eq!((r.status, r.cache()), (502, "MISS"));
+    assert!(r.text().contains("invalid response"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_body_never_replaces_a_good_page() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Serves one good page, then bodies cut short (Content-Length larger than sent).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = n.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(len) = s.read(&mut buf).await {
+                    if len == 0 {
+                        return;
+                    }
+                    let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let res: &[u8] = if i == 0 {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 4\r\nx-isr-revalidate: 1\r\n\r\ngood"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\ncut"
+                    };
+                    let _ = s.write_all(res).await;
+                    if i > 0 {
+                        return; // close mid-body
+                    }
+                }
+            });
+        }
+    });
+    let real = Origin::start().await;
+    let origin = Origin { addr, ..real };
+    let isr = Isr::start(&origin).await;
+    assert_eq!(isr.get("/t").await.unwrap().text(), "good");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        let r = isr.get("/t").await.unwrap();
+        assert_eq!(
+            (r.status, r.cache(), r.text().as_str()),
+            (200, "STALE", "good")
+        );
+    }
+    eventually("the regeneration was tried", async || {
+        served.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(isr.get("/t").await.unwrap().text(), "good");
+}

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
-use crate::config::Config;
+use crate::config::{Config, Window};
 use crate::entry::Entry;
 use crate::key;
 use crate::origin::{self, FetchError, Fetched, Origin};
@@ -229,7 +229,7 @@ impl Engine {
             Some(e) => match self.freshness(key, &e, now) {
                 Freshness::Fresh => return Served::Hit(e),
                 Freshness::Stale => {
-                    self.regenerate_in_background(key, rules);
+                    self.regenerate_in_background(key, rules, e.meta.revalidate);
                     return Served::Stale(e);
                 }
                 Freshness::Expired => Some(e),
@@ -246,7 +246,9 @@ impl Engine {
                 return Served::Stale(old.clone());
             }
         }
-        let outcome = self.join_flight(key, rules, copy.is_some(), None).await;
+        let outcome = self
+            .join_flight(key, rules, copy.as_ref().map(|e| e.meta.revalidate), None)
+            .await;
         match (outcome, copy) {
             (Outcome::Stored(e), _) => Served::Miss(e),
             (_, Some(old)) => Served::Stale(old),
@@ -262,8 +264,8 @@ impl Engine {
 
     /// Regenerates `key` now, outside single-flight (`x-prerender-revalidate`).
     pub async fn regenerate_now(self: &Arc<Self>, key: &str, rules: &Rules) -> Outcome {
-        let has_copy = self.lookup(key).await.is_some();
-        self.produce(key, rules, has_copy).await
+        let copy = self.lookup(key).await.map(|e| e.meta.revalidate);
+        self.produce(key, rules, copy).await
     }
 
     fn in_backoff(&self, key: &str, now: u64) -> bool {
@@ -272,11 +274,12 @@ impl Engine {
     }
 
     /// Starts a background regeneration unless one is running or the key is backing off.
-    pub fn regenerate_in_background(self: &Arc<Self>, key: &str, rules: &Rules) {
+    /// `window` is the current page's revalidate window (it caps the backoff).
+    pub fn regenerate_in_background(self: &Arc<Self>, key: &str, rules: &Rules, window: Window) {
         if self.in_backoff(key, self.now()) {
             return;
         }
-        drop(self.start_flight(key, rules, true, true, None));
+        drop(self.start_flight(key, rules, true, Some(window), None));
     }
 
     /// Joins the flight for `key`, starting one if none runs, and waits for its outcome.
@@ -284,10 +287,10 @@ impl Engine {
         self: &Arc<Self>,
         key: &str,
         rules: &Rules,
-        has_copy: bool,
+        copy: Option<Window>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Outcome {
-        let mut rx = self.start_flight(key, rules, false, has_copy, permit);
+        let mut rx = self.start_flight(key, rules, false, copy, permit);
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
             Ok(Some(o)) => o,
@@ -303,7 +306,7 @@ impl Engine {
         key: &str,
         rules: &Rules,
         background: bool,
-        has_copy: bool,
+        copy: Option<Window>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> watch::Receiver<Option<Outcome>> {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
@@ -325,20 +328,22 @@ impl Engine {
                 None if background => guard.engine.regen_slots.clone().acquire_owned().await.ok(),
                 None => None,
             };
-            let outcome = guard.engine.produce(&guard.key, &rules, has_copy).await;
+            let outcome = guard.engine.produce(&guard.key, &rules, copy).await;
             let _ = guard.tx.send(Some(outcome));
         });
         rx
     }
 
     /// Fetches `key` from the origin and stores the result when it may be stored.
-    async fn produce(&self, key: &str, rules: &Rules, has_copy: bool) -> Outcome {
+    /// `copy` is the revalidate window of the page being replaced, if there is one: a
+    /// failure then keeps that page and backs off.
+    async fn produce(&self, key: &str, rules: &Rules, copy: Option<Window>) -> Outcome {
         let generated = self.now().max(self.last_mark.load(Ordering::SeqCst) + 1);
         let started = tokio::time::Instant::now();
         let fetched = self.origin.fetch(key).await;
         let failure = |why: String| {
-            if has_copy {
-                self.record_failure(key, rules, &why);
+            if let Some(window) = copy {
+                self.record_failure(key, window, &why);
             } else {
                 tracing::warn!(key, reason = %why, "origin fetch failed on a miss");
             }
@@ -353,7 +358,7 @@ impl Engine {
                 return self.uncacheable(
                     key,
                     rules,
-                    has_copy,
+                    copy,
                     why,
                     parts,
                     Body::Stream {
@@ -382,7 +387,7 @@ impl Engine {
                     return self.uncacheable(
                         key,
                         rules,
-                        has_copy,
+                        copy,
                         format!("{why:?}"),
                         parts,
                         Body::full(body),
@@ -431,13 +436,13 @@ impl Engine {
         &self,
         key: &str,
         rules: &Rules,
-        has_copy: bool,
+        copy: Option<Window>,
         why: String,
         parts: http::response::Parts,
         body: Body,
     ) -> Outcome {
-        if has_copy {
-            self.record_failure(key, rules, &format!("uncacheable response: {why}"));
+        if let Some(window) = copy {
+            self.record_failure(key, window, &format!("uncacheable response: {why}"));
             let e = ErrorResponse {
                 status: StatusCode::BAD_GATEWAY,
                 headers: HeaderMap::new(),
@@ -452,8 +457,7 @@ impl Engine {
         Outcome::Uncacheable(Arc::new(Mutex::new(Some(Passthrough { parts, body }))))
     }
 
-    fn record_failure(&self, key: &str, rules: &Rules, why: &str) {
-        let window = rules.revalidate.unwrap_or(self.cfg.cache.revalidate);
+    fn record_failure(&self, key: &str, window: Window, why: &str) {
         let now = self.now();
         let mut map = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
         let b = map.entry(key.to_string()).or_insert(Backoff {
@@ -536,7 +540,11 @@ impl Engine {
                 return;
             };
             let rules = self.routes.rules(key::path_of(&k));
-            drop(self.start_flight(&k, &rules, true, true, Some(permit)));
+            let window = match self.store.get_meta(&k).await {
+                Ok(Some(m)) => m.revalidate,
+                _ => rules.revalidate.unwrap_or(self.cfg.cache.revalidate),
+            };
+            drop(self.start_flight(&k, &rules, true, Some(window), Some(permit)));
         }
     }
 }
