@@ -39,8 +39,7 @@ async fn engine(origin: &Origin) -> Arc<Engine> {
 }
 
 async fn serve(e: &Arc<Engine>, key: &str) -> (&'static str, String) {
-    let rules = e.routes().rules(isr::key::path_of(key));
-    match e.serve(key, &rules).await {
+    match e.serve(key).await {
         Served::Hit(x) => ("HIT", body(&x)),
         Served::Stale(x) => ("STALE", body(&x)),
         Served::Miss(x) => ("MISS", body(&x)),

@@ -13,15 +13,27 @@ use isr::store::{RedbStore, Store};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(dir), Some(count)) = (args.get(1), args.get(2).and_then(|c| c.parse::<usize>().ok())) else {
+    let (Some(dir), Some(count)) = (
+        args.get(1),
+        args.get(2).and_then(|c| c.parse::<usize>().ok()),
+    ) else {
         eprintln!("usage: fill_store DIR COUNT [BYTES]");
         std::process::exit(2);
     };
-    let bytes = args.get(3).and_then(|b| b.parse::<usize>().ok()).unwrap_or(1024);
+    let bytes = args
+        .get(3)
+        .and_then(|b| b.parse::<usize>().ok())
+        .unwrap_or(1024);
     let store = Arc::new(RedbStore::open(std::path::Path::new(dir)).expect("open store"));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let started = std::time::Instant::now();
-    let body = Bytes::from(format!("<html><body>{}</body></html>", "x".repeat(bytes.saturating_sub(26))));
+    let body = Bytes::from(format!(
+        "<html><body>{}</body></html>",
+        "x".repeat(bytes.saturating_sub(26))
+    ));
     let mut pending = Vec::new();
     for i in 0..count {
         let meta = Meta {
@@ -37,7 +49,9 @@ async fn main() {
         };
         let entry = Arc::new(Entry::new(meta, body.clone(), None, None));
         let s = store.clone();
-        pending.push(tokio::spawn(async move { s.put(&format!("/page/{i}"), entry).await }));
+        pending.push(tokio::spawn(async move {
+            s.put(&format!("/page/{i}"), entry).await
+        }));
         if pending.len() >= 4096 {
             for p in pending.drain(..) {
                 p.await.unwrap().expect("put");
@@ -47,5 +61,8 @@ async fn main() {
     for p in pending {
         p.await.unwrap().expect("put");
     }
-    println!("wrote {count} pages of {bytes} bytes in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "wrote {count} pages of {bytes} bytes in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }

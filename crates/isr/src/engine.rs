@@ -223,13 +223,13 @@ impl Engine {
     }
 
     /// Serves a cacheable `GET`/`HEAD` for `key`.
-    pub async fn serve(self: &Arc<Self>, key: &str, rules: &Rules) -> Served {
+    pub async fn serve(self: &Arc<Self>, key: &str) -> Served {
         let now = self.now();
         let copy = match self.lookup(key).await {
             Some(e) => match self.freshness(key, &e, now) {
                 Freshness::Fresh => return Served::Hit(e),
                 Freshness::Stale => {
-                    self.regenerate_in_background(key, rules, e.meta.revalidate);
+                    self.regenerate_in_background(key, e.meta.revalidate);
                     return Served::Stale(e);
                 }
                 Freshness::Expired => Some(e),
@@ -247,7 +247,7 @@ impl Engine {
             }
         }
         let outcome = self
-            .join_flight(key, rules, copy.as_ref().map(|e| e.meta.revalidate), None)
+            .join_flight(key, copy.as_ref().map(|e| e.meta.revalidate), None)
             .await;
         match (outcome, copy) {
             (Outcome::Stored(e), _) => Served::Miss(e),
@@ -263,9 +263,9 @@ impl Engine {
     }
 
     /// Regenerates `key` now, outside single-flight (`x-prerender-revalidate`).
-    pub async fn regenerate_now(self: &Arc<Self>, key: &str, rules: &Rules) -> Outcome {
+    pub async fn regenerate_now(self: &Arc<Self>, key: &str) -> Outcome {
         let copy = self.lookup(key).await.map(|e| e.meta.revalidate);
-        self.produce(key, rules, copy).await
+        self.produce(key, copy).await
     }
 
     fn in_backoff(&self, key: &str, now: u64) -> bool {
@@ -275,22 +275,21 @@ impl Engine {
 
     /// Starts a background regeneration unless one is running or the key is backing off.
     /// `window` is the current page's revalidate window (it caps the backoff).
-    pub fn regenerate_in_background(self: &Arc<Self>, key: &str, rules: &Rules, window: Window) {
+    pub fn regenerate_in_background(self: &Arc<Self>, key: &str, window: Window) {
         if self.in_backoff(key, self.now()) {
             return;
         }
-        drop(self.start_flight(key, rules, true, Some(window), None));
+        drop(self.start_flight(key, true, Some(window), None));
     }
 
     /// Joins the flight for `key`, starting one if none runs, and waits for its outcome.
     async fn join_flight(
         self: &Arc<Self>,
         key: &str,
-        rules: &Rules,
         copy: Option<Window>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Outcome {
-        let mut rx = self.start_flight(key, rules, false, copy, permit);
+        let mut rx = self.start_flight(key, false, copy, permit);
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
             Ok(Some(o)) => o,
@@ -304,7 +303,6 @@ impl Engine {
     fn start_flight(
         self: &Arc<Self>,
         key: &str,
-        rules: &Rules,
         background: bool,
         copy: Option<Window>,
         permit: Option<OwnedSemaphorePermit>,
@@ -321,14 +319,13 @@ impl Engine {
             key: key.to_string(),
             tx,
         };
-        let rules = rules.clone();
         tokio::spawn(async move {
             let _permit = match permit {
                 Some(p) => Some(p),
                 None if background => guard.engine.regen_slots.clone().acquire_owned().await.ok(),
                 None => None,
             };
-            let outcome = guard.engine.produce(&guard.key, &rules, copy).await;
+            let outcome = guard.engine.produce(&guard.key, copy).await;
             let _ = guard.tx.send(Some(outcome));
         });
         rx
@@ -337,7 +334,8 @@ impl Engine {
     /// Fetches `key` from the origin and stores the result when it may be stored.
     /// `copy` is the revalidate window of the page being replaced, if there is one: a
     /// failure then keeps that page and backs off.
-    async fn produce(&self, key: &str, rules: &Rules, copy: Option<Window>) -> Outcome {
+    async fn produce(&self, key: &str, copy: Option<Window>) -> Outcome {
+        let rules = &self.routes.rules(key::path_of(key));
         let generated = self.now().max(self.last_mark.load(Ordering::SeqCst) + 1);
         let started = tokio::time::Instant::now();
         let fetched = self.origin.fetch(key).await;
@@ -544,7 +542,7 @@ impl Engine {
                 Ok(Some(m)) => m.revalidate,
                 _ => rules.revalidate.unwrap_or(self.cfg.cache.revalidate),
             };
-            drop(self.start_flight(&k, &rules, true, Some(window), Some(permit)));
+            drop(self.start_flight(&k, true, Some(window), Some(permit)));
         }
     }
 }

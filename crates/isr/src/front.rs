@@ -116,17 +116,16 @@ impl Front {
         }
         let cfg = self.engine.config();
         let key = key::normalize(path, req.uri().query(), &cfg.cache.ignore_query);
-        let rules = self.engine.routes().rules(key::path_of(&key));
-        if !rules.cache {
+        if self.engine.routes().bypasses(key::path_of(&key)) {
             return self.proxy(req, remote).await;
         }
         if let Some(s) = req.headers().get("x-prerender-revalidate") {
             if self.secrets.accepts(s.as_bytes()) {
-                let outcome = self.engine.regenerate_now(&key, &rules).await;
+                let outcome = self.engine.regenerate_now(&key).await;
                 return match outcome {
                     Outcome::Stored(e) => self.cached(&req, &key, &e, CacheState::Revalidated),
                     _ => {
-                        let served = self.engine.serve(&key, &rules).await;
+                        let served = self.engine.serve(&key).await;
                         self.respond(req, &key, served, remote).await
                     }
                 };
@@ -137,7 +136,7 @@ impl Front {
         {
             return self.proxy(req, remote).await;
         }
-        let served = self.engine.serve(&key, &rules).await;
+        let served = self.engine.serve(&key).await;
         self.respond(req, &key, served, remote).await
     }
 
