@@ -392,7 +392,15 @@ impl Engine {
                     )
                 }
             };
-        let entry = match tokio::task::spawn_blocking(move || origin::with_variants(entry)).await {
+        let previous = match copy {
+            Some(_) => self.lookup(key).await,
+            None => None,
+        };
+        let entry = match previous.and_then(|p| origin::reuse_variants(&entry, &p)) {
+            Some(reused) => Ok(reused),
+            None => entry_with_variants(entry).await,
+        };
+        let entry = match entry {
             Ok(e) => Arc::new(e),
             Err(e) => {
                 let e = FetchError::Invalid {
@@ -545,6 +553,11 @@ impl Engine {
             drop(self.start_flight(&k, true, Some(window), Some(permit)));
         }
     }
+}
+
+/// Compresses on a blocking thread (CPU-bound work stays off the serving threads).
+async fn entry_with_variants(entry: Entry) -> Result<Entry, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || origin::with_variants(entry)).await
 }
 
 /// Publishes an outcome even when a flight's task ends without one, and removes the

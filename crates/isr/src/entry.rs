@@ -221,7 +221,7 @@ pub fn compress(body: &[u8]) -> (Option<Bytes>, Option<Bytes>) {
     let mut br = Vec::with_capacity(body.len() / 3);
     {
         let params = brotli::enc::BrotliEncoderParams {
-            quality: 9,
+            quality: 5,
             lgwin: 22,
             ..Default::default()
         };
@@ -229,7 +229,7 @@ pub fn compress(body: &[u8]) -> (Option<Bytes>, Option<Bytes>) {
     }
     let mut gz = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 3),
-        flate2::Compression::new(6),
+        flate2::Compression::new(5),
     );
     let gz = gz.write_all(body).and_then(|_| gz.finish()).ok();
     let keep = |v: Vec<u8>| (v.len() < body.len()).then(|| Bytes::from(v));

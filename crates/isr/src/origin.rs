@@ -425,18 +425,41 @@ pub fn build_entry(
     Ok(Entry::new(meta, body, None, None))
 }
 
+fn header<'a>(e: &'a Entry, name: &str) -> Option<&'a str> {
+    e.meta
+        .headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// When a regeneration brought back the same body (the usual case), the previous
+/// entry's compressed variants are reused instead of compressing again.
+pub fn reuse_variants(new: &Entry, previous: &Entry) -> Option<Entry> {
+    let same = new.meta.hash == previous.meta.hash
+        && new.identity == previous.identity
+        && ["content-type", "content-encoding"]
+            .iter()
+            .all(|h| header(new, h) == header(previous, h));
+    if !same {
+        return None;
+    }
+    let mut meta = new.meta.clone();
+    meta.br = previous.br.is_some();
+    meta.gzip = previous.gzip.is_some();
+    Some(Entry::new(
+        meta,
+        previous.identity.clone(),
+        previous.br.clone(),
+        previous.gzip.clone(),
+    ))
+}
+
 /// Adds Brotli and gzip variants when the content type is worth it and the origin did
 /// not encode the body itself. CPU-bound: call from a blocking thread.
 pub fn with_variants(e: Entry) -> Entry {
-    let header = |name: &str| {
-        e.meta
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let encoded = header("content-encoding").is_some_and(|v| v != "identity");
-    if encoded || !header("content-type").is_some_and(entry::is_compressible) {
+    let encoded = header(&e, "content-encoding").is_some_and(|v| v != "identity");
+    if encoded || !header(&e, "content-type").is_some_and(entry::is_compressible) {
         return e;
     }
     let (br, gzip) = entry::compress(&e.identity);
@@ -520,6 +543,33 @@ mod tests {
         assert_eq!((e.meta.revalidate, e.meta.expire), (Some(30_000), 90_000));
         let names: Vec<&str> = e.meta.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn unchanged_bodies_reuse_their_variants() {
+        let rules = Rules {
+            cache: true,
+            ..Default::default()
+        };
+        let c = CacheConfig::default();
+        let p = parts(&[("content-type", "text/html")]);
+        let html = Bytes::from("<p>same page</p>".repeat(50));
+        let first = with_variants(build_entry(&p, html.clone(), &rules, &c, "/", 1).unwrap());
+        assert!(first.br.is_some() && first.gzip.is_some());
+        let again = build_entry(&p, html, &rules, &c, "/", 2).unwrap();
+        let reused = reuse_variants(&again, &first).unwrap();
+        assert_eq!(reused.meta.generated, 2);
+        assert_eq!(reused.br, first.br);
+        let changed = build_entry(
+            &p,
+            Bytes::from("<p>new page</p>".repeat(50)),
+            &rules,
+            &c,
+            "/",
+            3,
+        )
+        .unwrap();
+        assert!(reuse_variants(&changed, &first).is_none());
     }
 
     #[test]

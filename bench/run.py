@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""isr's benchmark against the tools users would pick instead, side by side.
+
+    python3 bench/run.py [--reps 3] [--duration 10] [--targets nginx-static,...] [--skip-extra]
+
+Installs what it needs (wrk, nginx, varnish from Debian; next/react from npm), starts on
+127.0.0.1 a deterministic origin and, in front of it, nginx serving the same pages as
+static files, nginx proxy_cache, Varnish, Next.js (App Router, revalidate = 60) and isr.
+Each server is pinned to CPU 0 and wrk to CPU 1. Targets are interleaved, repetitions
+give medians, and every run records the server's CPU time so hits per CPU-second can be
+compared when wrk itself is the bottleneck. Results: bench/results/<time>.json and .md.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+ORIGIN = "127.0.0.1:19000"
+SLOW_ORIGIN = "127.0.0.1:19010"
+PORTS = {"nginx-static": 19001, "nginx-proxy-cache": 19002, "varnish": 19003, "nextjs": 19004, "isr": 19005}
+PAGES = 1000  # URLs in the spread scenario, and files written for nginx static
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, text=True, **kw)
+
+
+def ensure_tools():
+    missing = [p for p, exe in [("wrk", "wrk"), ("nginx-light", "nginx"), ("varnish", "varnishd")]
+               if shutil.which(exe) is None and not os.path.exists(f"/usr/sbin/{exe}")]
+    if missing:
+        sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq " + " ".join(missing))
+    peer = os.path.join(BENCH, "next-peer")
+    if not os.path.isdir(os.path.join(peer, "node_modules", "next")):
+        sh("npm install --no-audit --no-fund --silent", cwd=peer)
+    if not os.path.isdir(os.path.join(peer, ".next")):
+        sh("npx next build > /dev/null", cwd=peer, env={**os.environ, "NEXT_TELEMETRY_DISABLED": "1"})
+    sh("cargo build --release -q --bin isr --example bench_origin", cwd=ROOT)
+
+
+def get(url, timeout=30):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def wait_up(url, tries=400):
+    for _ in range(tries):
+        try:
+            get(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Servers:
+    """Every process started, so they can all be stopped."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = {}
+
+    def start(self, name, cmd, cpu="0", env=None, cwd=None):
+        log = open(os.path.join(self.work, f"{name}.log"), "w")
+        p = subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def stop(self, name):
+        p = self.procs.pop(name, None)
+        if p:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=10)
+            except Exception:
+                os.killpg(p.pid, signal.SIGKILL)
+
+    def stop_all(self):
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def tree_cpu_seconds(pid):
+    """utime + stime of a process and all its descendants (threads included)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(d))
+            except OSError:
+                pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+        todo.extend(children.get(p, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def start_targets(s, targets, work, static_dir):
+    nginx_common = "daemon off; worker_processes 1; error_log stderr warn; pid {dir}/nginx.pid;\nevents {{ worker_connections 4096; }}\n"
+    if "nginx-static" in targets:
+        d = os.path.join(work, "nginx-static")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(nginx_common.format(dir=d) + f"""http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
+  open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
+  default_type text/html;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  server {{ listen 127.0.0.1:{PORTS['nginx-static']}; root {static_dir}; }}
+}}
+""")
+        s.start("nginx-static", ["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")])
+    if "nginx-proxy-cache" in targets:
+        d = os.path.join(work, "nginx-proxy-cache")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write(nginx_common.format(dir=d) + f"""http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  proxy_cache_path {d}/cache levels=1:2 keys_zone=isr:64m max_size=4g inactive=24h use_temp_path=off;
+  upstream origin {{ server {ORIGIN}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-proxy-cache']};
+    location / {{
+      proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache isr; proxy_cache_valid 200 60s;
+      proxy_cache_use_stale updating error timeout; proxy_cache_background_update on; proxy_cache_lock on;
+    }}
+  }}
+}}
+""")
+        s.start("nginx-proxy-cache", ["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")])
+    if "varnish" in targets:
+        d = os.path.join(work, "varnish")
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+        vcl = os.path.join(d, "bench.vcl")
+        host, port = ORIGIN.split(":")
+        with open(vcl, "w") as f:
+            f.write(f"""vcl 4.1;
+backend origin {{ .host = "{host}"; .port = "{port}"; }}
+sub vcl_backend_response {{ set beresp.ttl = 60s; set beresp.grace = 24h; }}
+""")
+        os.chmod(vcl, 0o644)
+        s.start("varnish", ["varnishd", "-F", "-a", f"127.0.0.1:{PORTS['varnish']}", "-f", vcl,
+                            "-n", os.path.join(d, "n"), "-s", "malloc,2G", "-p", "thread_pools=1"])
+    if "nextjs" in targets:
+        s.start("nextjs", ["npx", "next", "start", "-p", str(PORTS["nextjs"]), "-H", "127.0.0.1"],
+                cwd=os.path.join(BENCH, "next-peer"), env={"NEXT_TELEMETRY_DISABLED": "1"})
+    if "isr" in targets:
+        d = os.path.join(work, "isr")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "isr.toml"), "w") as f:
+            f.write(f"""listen = "127.0.0.1:{PORTS['isr']}"
+origin = "http://{ORIGIN}"
+data_dir = "{d}/data"
+[cache]
+memory = "256MiB"
+[[route]]
+match = "/page/{{n}}"
+revalidate = 60
+[[route]]
+match = "/big/{{n}}"
+revalidate = 60
+""")
+        s.start("isr", [os.path.join(ROOT, "target/release/isr"), "serve", "--config", os.path.join(d, "isr.toml")],
+                env={"ISR_SECRET": "bench-secret", "ISR_LOG": "warn"})
+    for t in targets:
+        wait_up(f"http://127.0.0.1:{PORTS[t]}/page/0")
+
+
+def warm(targets):
+    for t in targets:
+        for prefix in (["/page/"] if t == "nextjs" else ["/page/", "/big/"]):
+            for _ in range(2):
+                for n in range(PAGES):
+                    get(f"http://127.0.0.1:{PORTS[t]}{prefix}{n}")
+
+
+WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
+LAT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def wrk(target, scenario, duration, server_pid):
+    size_prefix = "/big/" if scenario.endswith("128k") else "/page/"
+    url = f"http://127.0.0.1:{PORTS[target]}"
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{duration}s", "--latency"]
+    if scenario.startswith("spread"):
+        cmd += ["-s", os.path.join(BENCH, "spread.lua")]
+        url += "/"
+    else:
+        url += size_prefix + "1"
+    cpu0 = tree_cpu_seconds(server_pid)
+    out = subprocess.run(cmd + [url], capture_output=True, text=True,
+                         env={**os.environ, "PREFIX": size_prefix, "PAGES": str(PAGES)}).stdout
+    cpu = tree_cpu_seconds(server_pid) - cpu0
+    rps = float(WRK_LINE.search(out).group(1))
+    lat = {}
+    for pct, v, unit in LAT.findall(out):
+        lat[pct] = float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "cpu_s": cpu,
+            "hits_per_cpu_s": rps * duration / cpu if cpu > 0 else None,
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def hits(args, s, targets):
+    scenarios = ["hot-16k", "spread-16k", "hot-128k", "spread-128k"]
+    runs = []
+    for rep in range(args.reps):
+        for scenario in scenarios:
+            for t in targets:
+                if t == "nextjs" and scenario.endswith("128k"):
+                    continue
+                r = wrk(t, scenario, args.duration, s.procs[t].pid)
+                r.update(target=t, scenario=scenario, rep=rep)
+                runs.append(r)
+                print(f"rep {rep} {scenario:12} {t:18} {r['rps']:>10.0f} rps  p99 {r['p99_ms']} ms  cpu {r['cpu_s']:.2f}s", flush=True)
+    table = []
+    for scenario in scenarios:
+        base = {}
+        for rep in range(args.reps):
+            for r in runs:
+                if r["scenario"] == scenario and r["rep"] == rep and r["target"] == "nginx-static":
+                    base[rep] = r
+        for t in targets:
+            rs = [r for r in runs if r["scenario"] == scenario and r["target"] == t]
+            if not rs:
+                continue
+            ratio = [r["rps"] / base[r["rep"]]["rps"] for r in rs if r["rep"] in base]
+            cpu_ratio = [r["hits_per_cpu_s"] / base[r["rep"]]["hits_per_cpu_s"] for r in rs
+                         if r["rep"] in base and r["hits_per_cpu_s"] and base[r["rep"]]["hits_per_cpu_s"]]
+            table.append({"scenario": scenario, "target": t, "rps": median([r["rps"] for r in rs]),
+                          "p50_ms": median([r["p50_ms"] for r in rs]), "p99_ms": median([r["p99_ms"] for r in rs]),
+                          "hits_per_cpu_s": median([r["hits_per_cpu_s"] for r in rs]),
+                          "rps_vs_nginx_static": median(ratio), "cpu_eff_vs_nginx_static": median(cpu_ratio),
+                          "errors": sum(r["non_2xx"] for r in rs)})
+    return runs, table
+
+
+def burst(url, n):
+    out = subprocess.run([os.path.join(ROOT, "target/release/examples/burst"), url, str(n)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def origin_count(addr):
+    return int(get(f"http://{addr}/_count")[2])
+
+
+def stampedes(s, work):
+    """1,000 concurrent requests on a missing and on a stale page, origin slowed to 200 ms."""
+    s.start("slow-origin", [os.path.join(ROOT, "target/release/examples/bench_origin"), "serve", SLOW_ORIGIN, "200"], cpu="1")
+    wait_up(f"http://{SLOW_ORIGIN}/_count")
+    d = os.path.join(work, "isr-stampede")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "isr.toml"), "w") as f:
+        f.write(f"""listen = "127.0.0.1:19006"
+origin = "http://{SLOW_ORIGIN}"
+data_dir = "{d}/data"
+[[route]]
+match = "/page/{{n}}"
+revalidate = 1
+""")
+    s.start("isr-stampede", [os.path.join(ROOT, "target/release/isr"), "serve", "--config", os.path.join(d, "isr.toml")],
+            env={"ISR_SECRET": "bench-secret", "ISR_LOG": "warn"})
+    wait_up("http://127.0.0.1:19006/_isr/health")
+    results = {}
+    before = origin_count(SLOW_ORIGIN)
+    results["missing"] = burst("http://127.0.0.1:19006/page/7", 1000)
+    results["missing"]["origin_requests"] = origin_count(SLOW_ORIGIN) - before
+    results["hit_burst"] = burst("http://127.0.0.1:19006/page/7", 1000)
+    time.sleep(1.2)
+    before = origin_count(SLOW_ORIGIN)
+    results["stale"] = burst("http://127.0.0.1:19006/page/7", 1000)
+    time.sleep(0.5)
+    results["stale"]["origin_requests"] = origin_count(SLOW_ORIGIN) - before
+    s.stop("isr-stampede")
+    s.stop("slow-origin")
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--targets", default=",".join(PORTS))
+    ap.add_argument("--skip-extra", action="store_true", help="only the hit benchmarks")
+    args = ap.parse_args()
+    targets = args.targets.split(",")
+    ensure_tools()
+    work = tempfile.mkdtemp(prefix="isr-bench-")
+    os.chmod(work, 0o755)
+    s = Servers(work)
+    try:
+        static_dir = os.path.join(work, "static")
+        sh(f"{ROOT}/target/release/examples/bench_origin write {static_dir} {PAGES}")
+        s.start("origin", [os.path.join(ROOT, "target/release/examples/bench_origin"), "serve", ORIGIN], cpu="1")
+        wait_up(f"http://{ORIGIN}/_count")
+        start_targets(s, targets, work, static_dir)
+        warm(targets)
+        runs, table = hits(args, s, targets)
+        rss = {t: tree_rss_mib(s.procs[t].pid) for t in targets}
+        extra = {}
+        if not args.skip_extra:
+            sh("cargo build --release -q --example burst", cwd=ROOT)
+            extra["stampede"] = stampedes(s, work)
+    finally:
+        s.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    versions = {
+        "isr": subprocess.run([f"{ROOT}/target/release/isr", "--version"], capture_output=True, text=True).stdout.strip(),
+        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
+        "varnish": subprocess.run(["varnishd", "-V"], capture_output=True, text=True).stderr.splitlines()[0],
+        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
+        "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+    }
+    try:
+        versions["next"] = json.load(open(os.path.join(BENCH, "next-peer/node_modules/next/package.json")))["version"]
+    except OSError:
+        pass
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
+    result = {"when": stamp, "args": vars(args), "versions": versions, "table": table, "runs": runs,
+              "rss_mib_after": rss, **extra}
+    with open(os.path.join(BENCH, "results", f"{stamp}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    md = render(result)
+    with open(os.path.join(BENCH, "results", f"{stamp}.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+def fmt(x, digits=0):
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def render(r):
+    lines = [f"Run {r['when']}: `python3 bench/run.py --reps {r['args']['reps']} --duration {r['args']['duration']}`",
+             "", "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
+             "| scenario | target | rps (median) | × nginx static | p50 ms | p99 ms | hits per server CPU-s | × nginx static (CPU) | non-2xx |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in r["table"]:
+        lines.append(f"| {row['scenario']} | {row['target']} | {fmt(row['rps'])} | {fmt(row['rps_vs_nginx_static'], 2)} | "
+                     f"{fmt(row['p50_ms'], 2)} | {fmt(row['p99_ms'], 2)} | {fmt(row['hits_per_cpu_s'])} | "
+                     f"{fmt(row['cpu_eff_vs_nginx_static'], 2)} | {row['errors']} |")
+    lines += ["", "RSS after the hit runs (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mib_after"].items())]
+    if "stampede" in r:
+        lines += ["", "| isr stampede (1,000 concurrent, origin 200 ms) | origin requests | p50 ms | max ms |", "|---|---:|---:|---:|"]
+        for k in ["missing", "stale", "hit_burst"]:
+            v = r["stampede"][k]
+            lines.append(f"| {k} | {v.get('origin_requests', '–')} | {v['p50_ms']:.2f} | {v['max_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
