@@ -236,14 +236,22 @@ pub fn compress(body: &[u8]) -> (Option<Bytes>, Option<Bytes>) {
     (keep(br), gz.and_then(keep))
 }
 
-/// A strong validator for a body: 64-bit FNV-1a, hex.
+/// A strong validator for a body: 128 bits of SipHash (two keyed passes) plus the length,
+/// in hex. It is stored with the entry, so it never changes for a stored body.
 pub fn hash(body: &[u8]) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in body {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}{:x}", body.len())
+    use std::hash::Hasher;
+    let pass = |seed: u64| {
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(seed);
+        h.write(body);
+        h.finish()
+    };
+    format!(
+        "{:016x}{:016x}{:x}",
+        pass(0x6973_722d_6574_6167),
+        pass(0x7361_6c74_2d32_2d32),
+        body.len()
+    )
 }
 
 /// True when an `If-None-Match` value matches `etag` (weak comparison, as RFC 9110 says).
