@@ -95,34 +95,44 @@ class Servers:
 
 def tree_cpu_seconds(pid):
     """utime + stime of a process and all its descendants (threads included)."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(d))
-            except OSError:
-                pass
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
+    total = 0
+    for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
         except OSError:
             pass
-        todo.extend(children.get(p, []))
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def tree_pids(pid):
+    """A process and all its descendants."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(d))
+            except OSError:
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
 def tree_rss_mib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
-    except (OSError, AttributeError):
-        return 0.0
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+        except (OSError, AttributeError):
+            pass
+    return total
 
 
 def start_targets(s, targets, work, static_dir):
@@ -317,12 +327,61 @@ revalidate = 1
     return results
 
 
+def revalidation(s, work, tagged=100_000):
+    """API latency of revalidating a tag carried by `tagged` stored pages, and the time from
+    an eager revalidation to the first visitor seeing new content."""
+    import http.client
+    d = os.path.join(work, "isr-revalidate")
+    os.makedirs(d, exist_ok=True)
+    sh(f"{ROOT}/target/release/examples/fill_store {d}/data {tagged} 1024 > /dev/null")
+    with open(os.path.join(d, "isr.toml"), "w") as f:
+        f.write(f"""listen = "127.0.0.1:19007"
+origin = "http://{ORIGIN}"
+data_dir = "{d}/data"
+[[route]]
+match = "/page/{{n}}"
+revalidate = 3600
+tags = ["page-{{n}}"]
+""")
+    s.start("isr-revalidate", [os.path.join(ROOT, "target/release/isr"), "serve", "--config", os.path.join(d, "isr.toml")],
+            env={"ISR_SECRET": "bench-secret", "ISR_LOG": "warn"})
+    wait_up("http://127.0.0.1:19007/_isr/health")
+    conn = http.client.HTTPConnection("127.0.0.1", 19007)
+    headers = {"Authorization": "Bearer bench-secret", "Content-Type": "application/json"}
+
+    def post(body):
+        t = time.perf_counter()
+        conn.request("POST", "/_isr/revalidate", body=json.dumps(body), headers=headers)
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+        return (time.perf_counter() - t) * 1000
+
+    api = sorted(post({"tag": "pages"}) for _ in range(50))
+    # Eager: new content at the origin, then a CMS-style revalidation of that page's tag.
+    url = "http://127.0.0.1:19007/page/7"
+    get(url)
+    eager = []
+    for _ in range(10):
+        version = int(get(f"http://{ORIGIN}/_bump")[2])
+        t = time.perf_counter()
+        post({"tag": "page-7", "eager": True})
+        while f"Page 7 v{version}<".encode() not in get(url)[2]:
+            time.sleep(0.0002)
+        eager.append((time.perf_counter() - t) * 1000)
+    s.stop("isr-revalidate")
+    eager.sort()
+    return {"tagged_pages": tagged, "api_p50_ms": api[len(api) // 2], "api_p99_ms": api[-1],
+            "eager_to_new_content_p50_ms": eager[len(eager) // 2], "eager_to_new_content_max_ms": eager[-1]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--targets", default=",".join(PORTS))
     ap.add_argument("--skip-extra", action="store_true", help="only the hit benchmarks")
+    ap.add_argument("--skip-hits", action="store_true", help="only stampedes and revalidation")
     args = ap.parse_args()
     targets = args.targets.split(",")
     ensure_tools()
@@ -335,13 +394,17 @@ def main():
         s.start("origin", [os.path.join(ROOT, "target/release/examples/bench_origin"), "serve", ORIGIN], cpu="1")
         wait_up(f"http://{ORIGIN}/_count")
         start_targets(s, targets, work, static_dir)
-        warm(targets)
-        runs, table = hits(args, s, targets)
+        runs, table = [], []
+        if not args.skip_hits:
+            warm(targets)
+            runs, table = hits(args, s, targets)
         rss = {t: tree_rss_mib(s.procs[t].pid) for t in targets}
         extra = {}
         if not args.skip_extra:
             sh("cargo build --release -q --example burst", cwd=ROOT)
+            sh("cargo build --release -q -p isr --example fill_store", cwd=ROOT)
             extra["stampede"] = stampedes(s, work)
+            extra["revalidation"] = revalidation(s, work)
     finally:
         s.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -387,6 +450,12 @@ def render(r):
         for k in ["missing", "stale", "hit_burst"]:
             v = r["stampede"][k]
             lines.append(f"| {k} | {v.get('origin_requests', '–')} | {v['p50_ms']:.2f} | {v['max_ms']:.2f} |")
+    if "revalidation" in r:
+        v = r["revalidation"]
+        lines += ["", f"Revalidating a tag carried by {v['tagged_pages']:,} stored pages: API round trip p50 "
+                  f"{v['api_p50_ms']:.2f} ms, max of 50 {v['api_p99_ms']:.2f} ms (client-measured, loopback, keep-alive). "
+                  f"Eager revalidation to the first visitor seeing new content: p50 {v['eager_to_new_content_p50_ms']:.2f} ms, "
+                  f"max of 10 {v['eager_to_new_content_max_ms']:.2f} ms."]
     return "\n".join(lines) + "\n"
 
 

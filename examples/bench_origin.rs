@@ -2,7 +2,8 @@
 //! requests it serves so stampede tests can check how many reached it.
 //!
 //! ```text
-//! bench_origin serve ADDR [DELAY_MS]   # /page/N: 16 KiB, /big/N: 128 KiB, /_count, /_reset
+//! bench_origin serve ADDR [DELAY_MS]   # /page/N: 16 KiB, /big/N: 128 KiB, /_count, /_reset,
+//!                                      # /_bump (new content version for every page)
 //! bench_origin write DIR COUNT         # the same pages as files, for nginx static
 //! ```
 
@@ -21,8 +22,9 @@ use hyper_util::rt::TokioIo;
 const SMALL: usize = 16 * 1024;
 const BIG: usize = 128 * 1024;
 
-/// Page `n` of exactly `size` bytes: HTML with text that compresses like real prose.
-fn page(n: u64, size: usize) -> Vec<u8> {
+/// Page `n` of exactly `size` bytes at content `version`: HTML with text that compresses
+/// like real prose.
+fn page(n: u64, size: usize, version: u64) -> Vec<u8> {
     const WORDS: [&str; 16] = [
         "static",
         "regeneration",
@@ -42,7 +44,7 @@ fn page(n: u64, size: usize) -> Vec<u8> {
         "request",
     ];
     let mut out = format!(
-        "<!doctype html><html><head><title>Page {n}</title></head><body><h1>Page {n}</h1><p>"
+        "<!doctype html><html><head><title>Page {n}</title></head><body><h1>Page {n} v{version}</h1><p>"
     );
     let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let tail = "</p></body></html>";
@@ -67,10 +69,16 @@ fn parse(path: &str) -> Option<(u64, usize)> {
     Some((path.strip_prefix("/big/")?.parse().ok()?, BIG))
 }
 
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    version: AtomicU64,
+}
+
 async fn handle(
     req: Request<Incoming>,
     delay: Duration,
-    count: Arc<AtomicU64>,
+    c: Arc<Counters>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let text = |status: StatusCode, body: String| {
@@ -79,26 +87,25 @@ async fn handle(
         r
     };
     match path {
-        "/_count" => {
-            return Ok(text(
-                StatusCode::OK,
-                count.load(Ordering::SeqCst).to_string(),
-            ))
-        }
+        "/_count" => return Ok(text(StatusCode::OK, c.requests.load(Ordering::SeqCst).to_string())),
         "/_reset" => {
-            count.store(0, Ordering::SeqCst);
+            c.requests.store(0, Ordering::SeqCst);
             return Ok(text(StatusCode::OK, "0".into()));
+        }
+        "/_bump" => {
+            let v = c.version.fetch_add(1, Ordering::SeqCst) + 1;
+            return Ok(text(StatusCode::OK, v.to_string()));
         }
         _ => {}
     }
     let Some((n, size)) = parse(path) else {
         return Ok(text(StatusCode::NOT_FOUND, "not found".into()));
     };
-    count.fetch_add(1, Ordering::SeqCst);
+    c.requests.fetch_add(1, Ordering::SeqCst);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let mut r = Response::new(Full::new(Bytes::from(page(n, size))));
+    let mut r = Response::new(Full::new(Bytes::from(page(n, size, c.version.load(Ordering::SeqCst)))));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/html; charset=utf-8"),
@@ -116,7 +123,7 @@ async fn main() {
             for (sub, size) in [("page", SMALL), ("big", BIG)] {
                 std::fs::create_dir_all(dir.join(sub)).unwrap();
                 for n in 0..count {
-                    std::fs::write(dir.join(sub).join(n.to_string()), page(n, size)).unwrap();
+                    std::fs::write(dir.join(sub).join(n.to_string()), page(n, size, 0)).unwrap();
                 }
             }
         }
@@ -124,14 +131,14 @@ async fn main() {
             let listener = tokio::net::TcpListener::bind(&args[2]).await.expect("bind");
             let delay =
                 Duration::from_millis(args.get(3).and_then(|d| d.parse().ok()).unwrap_or(0));
-            let count = Arc::new(AtomicU64::new(0));
+            let counters = Arc::new(Counters::default());
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let count = count.clone();
+                let c = counters.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, delay, count.clone()));
+                    let svc = service_fn(move |req| handle(req, delay, c.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
