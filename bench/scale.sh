@@ -3,6 +3,7 @@
 # memory tier. Measures store size, time to first HIT after start, RSS, and hit
 # throughput when hits come from the memory tier (1,000 URLs) versus mostly from disk
 # (random over all pages).   bash bench/scale.sh [PAGES] [BYTES] [SECONDS]
+# KEEP=DIR keeps the filled store in DIR and reuses it on the next run.
 set -euo pipefail
 pages=${1:-1000000}
 bytes=${2:-16384}
@@ -10,9 +11,16 @@ secs=${3:-10}
 cd "$(dirname "$0")/.."
 cargo build --release -q --bin isr
 cargo build --release -q -p isr --example fill_store
-dir=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-./target/release/examples/fill_store "$dir/data" "$pages" "$bytes"
+pid=
+if [ -n "${KEEP:-}" ]; then
+  dir=$KEEP
+  mkdir -p "$dir"
+  trap 'kill $pid 2>/dev/null || true' EXIT
+else
+  dir=$(mktemp -d)
+  trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+fi
+[ -d "$dir/data" ] || ./target/release/examples/fill_store "$dir/data" "$pages" "$bytes"
 echo "store size: $(du -sh "$dir/data" | cut -f1)"
 cat > "$dir/isr.toml" <<EOT
 listen = "127.0.0.1:19098"

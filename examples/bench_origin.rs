@@ -87,7 +87,12 @@ async fn handle(
         r
     };
     match path {
-        "/_count" => return Ok(text(StatusCode::OK, c.requests.load(Ordering::SeqCst).to_string())),
+        "/_count" => {
+            return Ok(text(
+                StatusCode::OK,
+                c.requests.load(Ordering::SeqCst).to_string(),
+            ))
+        }
         "/_reset" => {
             c.requests.store(0, Ordering::SeqCst);
             return Ok(text(StatusCode::OK, "0".into()));
@@ -105,7 +110,11 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let mut r = Response::new(Full::new(Bytes::from(page(n, size, c.version.load(Ordering::SeqCst)))));
+    let mut r = Response::new(Full::new(Bytes::from(page(
+        n,
+        size,
+        c.version.load(Ordering::SeqCst),
+    ))));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/html; charset=utf-8"),

@@ -37,13 +37,25 @@ fn key_plain_path() -> String {
 #[divan::bench]
 fn key_with_query() -> String {
     let ignore = ["utm_*".to_string(), "fbclid".to_string()];
-    isr::key::normalize(divan::black_box("/search"), Some(divan::black_box("q=rust&utm_source=x&page=2")), &ignore)
+    isr::key::normalize(
+        divan::black_box("/search"),
+        Some(divan::black_box("q=rust&utm_source=x&page=2")),
+        &ignore,
+    )
 }
 
 #[divan::bench]
 fn policy_freshness() -> policy::Freshness {
-    let t = Timing { generated: 1_000_000, revalidate: Some(60_000), expire: 3_600_000 };
-    policy::freshness(divan::black_box(&t), Mark::default(), divan::black_box(1_030_000))
+    let t = Timing {
+        generated: 1_000_000,
+        revalidate: Some(60_000),
+        expire: 3_600_000,
+    };
+    policy::freshness(
+        divan::black_box(&t),
+        Mark::default(),
+        divan::black_box(1_030_000),
+    )
 }
 
 #[divan::bench]
@@ -69,12 +81,20 @@ fn hot_tier_lookup(b: divan::Bencher) {
 #[divan::bench]
 fn store_lookup_16k(b: divan::Bencher) {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let store = RedbStore::open(dir.path()).unwrap();
     rt.block_on(async {
         for i in 0..1000 {
-            store.put(&format!("/page/{i}"), entry(16 * 1024)).await.unwrap();
+            store
+                .put(&format!("/page/{i}"), entry(16 * 1024))
+                .await
+                .unwrap();
         }
     });
-    b.bench(|| rt.block_on(store.get(divan::black_box("/page/500"))).unwrap());
+    b.bench(|| {
+        rt.block_on(store.get(divan::black_box("/page/500")))
+            .unwrap()
+    });
 }

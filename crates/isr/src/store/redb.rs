@@ -9,8 +9,10 @@
 //! quick-repair mode, so opening after `kill -9` is instant instead of a full scan, and
 //! a commit is atomic: an entry is either entirely the old one or entirely the new one.
 //!
-//! Reads run inline on the calling task: they are short B-tree lookups served from
-//! redb's page cache.
+//! Lookups of pages run on tokio's blocking pool: a page that is not in redb's cache or
+//! the OS page cache means a disk read, and several of those must be able to wait at once
+//! without stalling the threads that serve hits from memory. Index scans (eager
+//! revalidation) and loading the marks (start-up) run inline.
 
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -212,18 +214,31 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
     Ok(results)
 }
 
+/// Runs a read on the blocking pool.
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> StoreFuture<'static, T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError(format!("store read task failed: {e}")))?
+    })
+}
+
 impl Store for RedbStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
-        let r = self.read(|txn| {
+        let (db, key) = (self.db.clone(), key.to_string());
+        blocking(move || {
+            let txn = db.begin_read().map_err(err)?;
             let meta = txn.open_table(META).map_err(err)?;
-            let Some(m) = meta.get(key).map_err(err)? else {
+            let Some(m) = meta.get(key.as_str()).map_err(err)? else {
                 return Ok(None);
             };
             let m = Meta::from_bytes(m.value()).map_err(err)?;
             let body = txn.open_table(BODY).map_err(err)?;
             let load = |e: Encoding| -> Result<Option<Bytes>, StoreError> {
                 Ok(body
-                    .get((key, e.code()))
+                    .get((key.as_str(), e.code()))
                     .map_err(err)?
                     .map(|g| Bytes::copy_from_slice(g.value())))
             };
@@ -231,19 +246,19 @@ impl Store for RedbStore {
             let br = if m.br { load(Encoding::Br)? } else { None };
             let gzip = if m.gzip { load(Encoding::Gzip)? } else { None };
             Ok(Some(Entry::new(m, identity, br, gzip)))
-        });
-        Box::pin(std::future::ready(r))
+        })
     }
 
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
-        let r = self.read(|txn| {
+        let (db, key) = (self.db.clone(), key.to_string());
+        blocking(move || {
+            let txn = db.begin_read().map_err(err)?;
             let meta = txn.open_table(META).map_err(err)?;
-            match meta.get(key).map_err(err)? {
+            match meta.get(key.as_str()).map_err(err)? {
                 Some(m) => Meta::from_bytes(m.value()).map(Some).map_err(err),
                 None => Ok(None),
             }
-        });
-        Box::pin(std::future::ready(r))
+        })
     }
 
     fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
