@@ -98,6 +98,9 @@ fn main() -> ExitCode {
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking threads do store reads and compression; a few suffice and each one
+        // costs memory (stack, malloc arena).
+        .max_blocking_threads(16)
         .build()
         .expect("tokio runtime")
 }
