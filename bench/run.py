@@ -135,6 +135,19 @@ def tree_rss_mib(pid):
     return total
 
 
+def start_isr(s, name, work, port, origin, extra_toml):
+    """Starts an isr (release build) named `name` on `port` in front of `origin`."""
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    config = os.path.join(d, "isr.toml")
+    with open(config, "w") as f:
+        f.write(f'listen = "127.0.0.1:{port}"\norigin = "http://{origin}"\ndata_dir = "{d}/data"\n{extra_toml}')
+    s.start(name, [os.path.join(ROOT, "target/release/isr"), "serve", "--config", config],
+            env={"ISR_SECRET": "bench-secret", "ISR_LOG": "warn"})
+    wait_up(f"http://127.0.0.1:{port}/_isr/health")
+    return d
+
+
 def start_targets(s, targets, work, static_dir):
     nginx_common = "daemon off; worker_processes 1; error_log stderr warn; pid {dir}/nginx.pid;\nevents {{ worker_connections 4096; }}\n"
     if "nginx-static" in targets:
@@ -188,23 +201,15 @@ sub vcl_backend_response {{ set beresp.ttl = 60s; set beresp.grace = 24h; }}
         s.start("nextjs", ["npx", "next", "start", "-p", str(PORTS["nextjs"]), "-H", "127.0.0.1"],
                 cwd=os.path.join(BENCH, "next-peer"), env={"NEXT_TELEMETRY_DISABLED": "1"})
     if "isr" in targets:
-        d = os.path.join(work, "isr")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "isr.toml"), "w") as f:
-            f.write(f"""listen = "127.0.0.1:{PORTS['isr']}"
-origin = "http://{ORIGIN}"
-data_dir = "{d}/data"
-[cache]
+        start_isr(s, "isr", work, PORTS["isr"], ORIGIN, """[cache]
 memory = "256MiB"
 [[route]]
-match = "/page/{{n}}"
+match = "/page/{n}"
 revalidate = 60
 [[route]]
-match = "/big/{{n}}"
+match = "/big/{n}"
 revalidate = 60
 """)
-        s.start("isr", [os.path.join(ROOT, "target/release/isr"), "serve", "--config", os.path.join(d, "isr.toml")],
-                env={"ISR_SECRET": "bench-secret", "ISR_LOG": "warn"})
     for t in targets:
         wait_up(f"http://127.0.0.1:{PORTS[t]}/page/0")
 
@@ -299,19 +304,7 @@ def stampedes(s, work):
     """1,000 concurrent requests on a missing and on a stale page, origin slowed to 200 ms."""
     s.start("slow-origin", [os.path.join(ROOT, "target/release/examples/bench_origin"), "serve", SLOW_ORIGIN, "200"], cpu="1")
     wait_up(f"http://{SLOW_ORIGIN}/_count")
-    d = os.path.join(work, "isr-stampede")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "isr.toml"), "w") as f:
-        f.write(f"""listen = "127.0.0.1:19006"
-origin = "http://{SLOW_ORIGIN}"
-data_dir = "{d}/data"
-[[route]]
-match = "/page/{{n}}"
-revalidate = 1
-""")
-    s.start("isr-stampede", [os.path.join(ROOT, "target/release/isr"), "serve", "--config", os.path.join(d, "isr.toml")],
-            env={"ISR_SECRET": "bench-secret", "ISR_LOG": "warn"})
-    wait_up("http://127.0.0.1:19006/_isr/health")
+    start_isr(s, "isr-stampede", work, 19006, SLOW_ORIGIN, '[[route]]\nmatch = "/page/{n}"\nrevalidate = 1\n')
     results = {}
     before = origin_count(SLOW_ORIGIN)
     results["missing"] = burst("http://127.0.0.1:19006/page/7", 1000)
@@ -332,20 +325,9 @@ def revalidation(s, work, tagged=100_000):
     an eager revalidation to the first visitor seeing new content."""
     import http.client
     d = os.path.join(work, "isr-revalidate")
-    os.makedirs(d, exist_ok=True)
     sh(f"{ROOT}/target/release/examples/fill_store {d}/data {tagged} 1024 > /dev/null")
-    with open(os.path.join(d, "isr.toml"), "w") as f:
-        f.write(f"""listen = "127.0.0.1:19007"
-origin = "http://{ORIGIN}"
-data_dir = "{d}/data"
-[[route]]
-match = "/page/{{n}}"
-revalidate = 3600
-tags = ["page-{{n}}"]
-""")
-    s.start("isr-revalidate", [os.path.join(ROOT, "target/release/isr"), "serve", "--config", os.path.join(d, "isr.toml")],
-            env={"ISR_SECRET": "bench-secret", "ISR_LOG": "warn"})
-    wait_up("http://127.0.0.1:19007/_isr/health")
+    start_isr(s, "isr-revalidate", work, 19007, ORIGIN,
+              '[[route]]\nmatch = "/page/{n}"\nrevalidate = 3600\ntags = ["page-{n}"]\n')
     conn = http.client.HTTPConnection("127.0.0.1", 19007)
     headers = {"Authorization": "Bearer bench-secret", "Content-Type": "application/json"}
 

@@ -867,58 +867,34 @@ async fn demo_story_edit_in_the_cms_is_live_on_the_next_request() {
             .is_ok()
     })
     .await;
-    let a = send("GET", &format!("{base}/blog/7"), &[], "")
-        .await
-        .unwrap();
+    let get = async |path: &str| {
+        send("GET", &format!("{base}{path}"), &[], "")
+            .await
+            .unwrap()
+    };
+    let a = get("/blog/7").await;
     assert_eq!((a.status, a.cache()), (200, "MISS"));
-    assert_eq!(
-        send("GET", &format!("{base}/blog/7"), &[], "")
-            .await
-            .unwrap()
-            .cache(),
-        "HIT"
-    );
-    assert_eq!(
-        send("GET", &format!("{base}/blog/999"), &[], "")
-            .await
-            .unwrap()
-            .status,
-        404
-    );
-    let cms = send("GET", &format!("{base}/cms?post=7"), &[], "")
-        .await
-        .unwrap();
+    assert_eq!(get("/blog/7").await.cache(), "HIT");
+    assert_eq!(get("/blog/999").await.status, 404);
+    let cms = get("/cms?post=7").await;
     assert_eq!(cms.cache(), "BYPASS");
     assert!(cms.text().contains("<form"));
+    let form = [("content-type", "application/x-www-form-urlencoded")];
     let saved = send(
         "POST",
         &format!("{base}/cms"),
-        &[("content-type", "application/x-www-form-urlencoded")],
+        &form,
         "post=7&title=Fresh+title&body=New+words",
     )
     .await
     .unwrap();
     assert!(saved.text().contains("revalidated"), "{}", saved.text());
-    let b = send("GET", &format!("{base}/blog/7"), &[], "")
-        .await
-        .unwrap();
+    let b = get("/blog/7").await;
     assert_eq!(b.cache(), "MISS");
     assert!(b.text().contains("Fresh title") && b.text().contains("New words"));
-    assert_eq!(
-        send("GET", &format!("{base}/blog/8"), &[], "")
-            .await
-            .unwrap()
-            .cache(),
-        "MISS"
-    );
-    assert_eq!(
-        send("GET", &format!("{base}/blog/7"), &[], "")
-            .await
-            .unwrap()
-            .cache(),
-        "HIT"
-    );
-    let index = send("GET", &format!("{base}/"), &[], "").await.unwrap();
+    assert_eq!(get("/blog/8").await.cache(), "MISS");
+    assert_eq!(get("/blog/7").await.cache(), "HIT");
+    let index = get("/").await;
     assert!(index.text().contains("Post 50"));
     let _ = child.kill();
     let _ = child.wait();
