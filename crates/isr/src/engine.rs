@@ -192,11 +192,6 @@ impl Engine {
         self.now.ms()
     }
 
-    /// Bytes in the hot tier.
-    pub fn memory_bytes(&self) -> u64 {
-        self.hot.bytes()
-    }
-
     /// The entry for `key` from the hot tier, else from the store (then kept hot).
     pub async fn lookup(&self, key: &str) -> Option<Arc<Entry>> {
         if let Some(e) = self.hot.get(key) {
@@ -247,7 +242,7 @@ impl Engine {
             }
         }
         let outcome = self
-            .join_flight(key, copy.as_ref().map(|e| e.meta.revalidate), None)
+            .join_flight(key, copy.as_ref().map(|e| e.meta.revalidate))
             .await;
         match (outcome, copy) {
             (Outcome::Stored(e), _) => Served::Miss(e),
@@ -283,13 +278,8 @@ impl Engine {
     }
 
     /// Joins the flight for `key`, starting one if none runs, and waits for its outcome.
-    async fn join_flight(
-        self: &Arc<Self>,
-        key: &str,
-        copy: Option<Window>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Outcome {
-        let mut rx = self.start_flight(key, false, copy, permit);
+    async fn join_flight(self: &Arc<Self>, key: &str, copy: Option<Window>) -> Outcome {
+        let mut rx = self.start_flight(key, false, copy, None);
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
             Ok(Some(o)) => o,
