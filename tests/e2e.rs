@@ -698,6 +698,31 @@ async fn kill_9_then_restart_loses_no_stored_page_and_keeps_the_tag_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_requests_in_flight_then_exits_0() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/blog/slow",
+        Spec {
+            delay: Duration::from_millis(800),
+            ..Default::default()
+        },
+    );
+    let mut isr = Isr::start(&origin).await;
+    let url = isr.url("/blog/slow");
+    let in_flight = tokio::spawn(async move { send("GET", &url, &[], "").await });
+    eventually("the request reached the origin", async || {
+        origin.count("/blog/slow") == 1
+    })
+    .await;
+    let code = tokio::task::block_in_place(|| isr.terminate());
+    assert_eq!(code, Some(0));
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!((r.status, r.cache()), (200, "MISS"));
+    let restarted = Isr::spawn(&origin, &isr.data_dir, &isr.config).await;
+    assert_eq!(restarted.get("/blog/slow").await.unwrap().cache(), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_writes_never_leaves_a_torn_entry() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;

@@ -271,6 +271,15 @@ impl Isr {
         .unwrap()
     }
 
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap().code()
+    }
+
     /// `kill -9`.
     pub fn kill(mut self) -> (PathBuf, PathBuf, Option<tempfile::TempDir>) {
         self.child.kill().unwrap();

@@ -70,8 +70,15 @@ impl Front {
         Arc::new(Front { engine, secrets })
     }
 
-    /// Accepts connections on `listener` until `shutdown` completes.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    /// Accepts connections on `listener` until `shutdown` completes, then lets requests in
+    /// flight finish for up to `grace` before returning.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) {
+        let connections = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
             let (stream, remote) = tokio::select! {
@@ -83,10 +90,11 @@ impl Front {
                         continue;
                     }
                 },
-                () = &mut shutdown => return,
+                () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
             let front = self.clone();
+            let watcher = connections.watcher();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let front = front.clone();
@@ -95,10 +103,20 @@ impl Front {
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10));
-                if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
+                let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             });
+        }
+        drop(listener);
+        let open = connections.count();
+        tracing::info!(open, "stopped accepting; finishing requests in flight");
+        if tokio::time::timeout(grace, connections.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");
         }
     }
 

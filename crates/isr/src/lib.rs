@@ -97,8 +97,12 @@ impl Server {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, then lets requests in flight finish (at most
+    /// [`Server::GRACE`]). Pages already stored are durable whenever the process stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        self.front.serve(self.listener, shutdown).await;
+        self.front.serve(self.listener, shutdown, Self::GRACE).await;
     }
+
+    /// How long requests in flight may take to finish after a shutdown signal.
+    pub const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 }
