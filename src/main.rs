@@ -8,6 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod client;
 mod demo;
 
+/// mimalloc keeps RSS close to what the memory tier holds when pages churn across threads
+/// (glibc's per-thread arenas kept ~90 MiB of freed bodies) and is faster on small
+/// allocations. Measured in BENCHMARKS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "isr",
@@ -100,7 +106,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         // Blocking threads do store reads and compression; a few suffice and each one
         // costs memory (stack, malloc arena).
-        .max_blocking_threads(16)
+        .max_blocking_threads(8)
         .build()
         .expect("tokio runtime")
 }

@@ -71,7 +71,7 @@ impl RedbStore {
             .map_err(|e| StoreError(format!("cannot create data_dir {}: {e}", dir.display())))?;
         let path = dir.join("isr.redb");
         let db = Database::builder()
-            .set_cache_size(16 << 20)
+            .set_cache_size(4 << 20)
             .create(&path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let mut txn = db.begin_write().map_err(err)?;
