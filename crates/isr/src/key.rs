@@ -15,19 +15,22 @@
 pub fn normalize(path: &str, query: Option<&str>, ignore: &[String]) -> String {
     let mut key = normalize_path(path);
     if let Some(q) = query {
-        let mut params: Vec<&str> = q
+        // Escapes are normalised before filtering and sorting, so `%31=x` and `1=x` sort
+        // (and are ignored) alike and normalising a key again leaves it unchanged.
+        let mut params: Vec<String> = q
             .split('&')
-            .filter(|p| !p.is_empty() && !is_ignored(param_name(p), ignore))
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let mut normalized = String::with_capacity(p.len());
+                push_normalized_escapes(&mut normalized, p);
+                normalized
+            })
+            .filter(|p| !is_ignored(param_name(p), ignore))
             .collect();
         if !params.is_empty() {
             params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
             key.push('?');
-            for (i, p) in params.iter().enumerate() {
-                if i > 0 {
-                    key.push('&');
-                }
-                push_normalized_escapes(&mut key, p);
-            }
+            key.push_str(&params.join("&"));
         }
     }
     key
@@ -98,8 +101,15 @@ fn push_normalized_escapes(out: &mut String, s: &str) {
                 continue;
             }
         }
+        if bytes[i] == b'%' {
+            // A `%` that starts no escape is itself escaped, so that decoding never
+            // creates a new escape (`%%30a` would otherwise become `%0a`).
+            out.push_str("%25");
+            i += 1;
+            continue;
+        }
         // `s` is valid UTF-8 and `%` is ASCII, so copying up to the next `%` is safe.
-        let next = s[i + 1..].find('%').map_or(s.len(), |n| i + 1 + n);
+        let next = s[i..].find('%').map_or(s.len(), |n| i + n);
         out.push_str(&s[i..next]);
         i = next;
     }
@@ -178,6 +188,8 @@ mod tests {
         assert_eq!(key("/a?x=1&utm_medium=z&&"), "/a?x=1");
         assert_eq!(key("/a?t=2&s=1&t=1"), "/a?s=1&t=2&t=1");
         assert_eq!(key("/a?"), "/a");
+        assert_eq!(key("/a?0&%31"), "/a?0&1");
+        assert_eq!(key("/a?utm%5Fsource=x&b=1"), "/a?b=1");
     }
 
     #[test]
@@ -190,8 +202,9 @@ mod tests {
         assert_eq!(key("/a/%2e%2e/b"), "/b");
         assert_eq!(key("/a/.."), "/");
         assert_eq!(key("/a/b/."), "/a/b/");
-        assert_eq!(key("/100%"), "/100%");
-        assert_eq!(key("/x%4"), "/x%4");
+        assert_eq!(key("/100%"), "/100%25");
+        assert_eq!(key("/x%4"), "/x%254");
+        assert_eq!(key("/%%30a"), "/%250a");
     }
 
     #[test]
