@@ -386,9 +386,9 @@ impl Engine {
             Some(_) => self.lookup(key).await,
             None => None,
         };
-        let entry = match previous.and_then(|p| origin::reuse_variants(&entry, &p)) {
-            Some(reused) => Ok(reused),
-            None => entry_with_variants(entry).await,
+        let (entry, same_bodies) = match previous.and_then(|p| origin::reuse_variants(&entry, &p)) {
+            Some(reused) => (Ok(reused), true),
+            None => (entry_with_variants(entry).await, false),
         };
         let entry = match entry {
             Ok(e) => Arc::new(e),
@@ -410,7 +410,12 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
-        match self.store.put(key, entry.clone()).await {
+        let stored = if same_bodies {
+            self.store.put_same_bodies(key, entry.clone()).await
+        } else {
+            self.store.put(key, entry.clone()).await
+        };
+        match stored {
             Ok(true) => {}
             Ok(false) => {
                 // A newer page was stored meanwhile (e.g. a forced revalidation): serve that.

@@ -39,6 +39,13 @@ pub trait Store: Send + Sync + 'static {
     /// fetch never overwrites a newer page). Returns whether it was written.
     fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool>;
 
+    /// Like [`Store::put`], for a regeneration whose bodies the engine found byte-identical
+    /// to the stored entry's: an adapter may then rewrite only the metadata, after
+    /// checking that the stored entry still has the same body hash and variants.
+    fn put_same_bodies<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
+        self.put(key, entry)
+    }
+
     /// Every key carrying `tag`.
     fn keys_with_tag<'a>(&'a self, tag: &'a str) -> StoreFuture<'a, Vec<String>>;
 

@@ -51,8 +51,16 @@ impl Drop for RedbStore {
 }
 
 enum Op {
-    Put { key: String, entry: Arc<Entry> },
-    Mark { name: String, mark: Mark },
+    /// `same_bodies`: the engine found the bodies byte-identical to the stored ones.
+    Put {
+        key: String,
+        entry: Arc<Entry>,
+        same_bodies: bool,
+    },
+    Mark {
+        name: String,
+        mark: Mark,
+    },
 }
 
 struct Write {
@@ -153,7 +161,11 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
         let mut marks = txn.open_table(MARKS).map_err(err)?;
         for w in batch {
             match &w.op {
-                Op::Put { key, entry } => {
+                Op::Put {
+                    key,
+                    entry,
+                    same_bodies,
+                } => {
                     let old = meta
                         .get(key.as_str())
                         .map_err(err)?
@@ -165,6 +177,14 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
                         results.push(false);
                         continue;
                     }
+                    // Skip rewriting bodies only when the stored ones are still those the
+                    // engine compared byte for byte (same hash and variants).
+                    let keep_bodies = *same_bodies
+                        && old.as_ref().is_some_and(|o| {
+                            o.hash == entry.meta.hash
+                                && o.br == entry.meta.br
+                                && o.gzip == entry.meta.gzip
+                        });
                     if let Some(old) = old {
                         for t in &old.tags {
                             tags.remove((t.as_str(), key.as_str())).map_err(err)?;
@@ -172,7 +192,7 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
                     }
                     meta.insert(key.as_str(), entry.meta.to_bytes().as_slice())
                         .map_err(err)?;
-                    for enc in Encoding::ALL {
+                    for enc in Encoding::ALL.into_iter().filter(|_| !keep_bodies) {
                         let variant = match enc {
                             Encoding::Identity => Some(&entry.identity),
                             Encoding::Br => entry.br.as_ref(),
@@ -265,6 +285,15 @@ impl Store for RedbStore {
         self.submit(Op::Put {
             key: key.to_string(),
             entry,
+            same_bodies: false,
+        })
+    }
+
+    fn put_same_bodies<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
+        self.submit(Op::Put {
+            key: key.to_string(),
+            entry,
+            same_bodies: true,
         })
     }
 
@@ -380,5 +409,26 @@ mod tests {
             )]
         );
         assert!(s.get("/missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn same_bodies_rewrites_only_metadata_unless_the_stored_bodies_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        s.put("/p", entry("same", 10, &["a"])).await.unwrap();
+        assert!(s
+            .put_same_bodies("/p", entry("same", 20, &["b"]))
+            .await
+            .unwrap());
+        let e = s.get("/p").await.unwrap().unwrap();
+        assert_eq!((&e.identity[..], e.meta.generated), (&b"same"[..], 20));
+        assert_eq!(s.keys_with_tag("b").await.unwrap(), ["/p"]);
+        // Another write replaced the bodies meanwhile: the hint must not keep them.
+        s.put("/p", entry("other", 30, &[])).await.unwrap();
+        assert!(s
+            .put_same_bodies("/p", entry("same", 40, &[]))
+            .await
+            .unwrap());
+        assert_eq!(&s.get("/p").await.unwrap().unwrap().identity[..], b"same");
     }
 }
