@@ -382,9 +382,12 @@ impl Engine {
                     )
                 }
             };
-        let previous = match copy {
-            Some(_) => self.lookup(key).await,
-            None => None,
+        // The page being replaced, to reuse its variants; read without promoting it into
+        // the hot tier (an eager revalidation of many pages must not flush the tier).
+        let previous = match (copy, self.hot.get(key)) {
+            (Some(_), Some(hot)) => Some(hot),
+            (Some(_), None) => self.store.get(key).await.ok().flatten().map(Arc::new),
+            (None, _) => None,
         };
         let (entry, same_bodies) = match previous.and_then(|p| origin::reuse_variants(&entry, &p)) {
             Some(reused) => (Ok(reused), true),
