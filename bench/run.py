@@ -148,41 +148,38 @@ def start_isr(s, name, work, port, origin, extra_toml):
     return d
 
 
-def start_targets(s, targets, work, static_dir):
-    nginx_common = "daemon off; worker_processes 1; error_log stderr warn; pid {dir}/nginx.pid;\nevents {{ worker_connections 4096; }}\n"
-    if "nginx-static" in targets:
-        d = os.path.join(work, "nginx-static")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "nginx.conf"), "w") as f:
-            f.write(nginx_common.format(dir=d) + f"""http {{
+def start_nginx(s, name, work, http_block):
+    """Starts an nginx with one worker whose `http {}` holds the shared settings plus `http_block`."""
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(f"""daemon off; worker_processes 1; error_log stderr warn; pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
   access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
-  open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
-  default_type text/html;
   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-  server {{ listen 127.0.0.1:{PORTS['nginx-static']}; root {static_dir}; }}
+{http_block.format(dir=d)}
 }}
 """)
-        s.start("nginx-static", ["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")])
+    s.start(name, ["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")])
+
+
+def start_targets(s, targets, work, static_dir):
+    if "nginx-static" in targets:
+        start_nginx(s, "nginx-static", work, f"""  open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
+  default_type text/html;
+  server {{{{ listen 127.0.0.1:{PORTS['nginx-static']}; root {static_dir}; }}}}""")
     if "nginx-proxy-cache" in targets:
-        d = os.path.join(work, "nginx-proxy-cache")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, "nginx.conf"), "w") as f:
-            f.write(nginx_common.format(dir=d) + f"""http {{
-  access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
-  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-  proxy_cache_path {d}/cache levels=1:2 keys_zone=isr:64m max_size=4g inactive=24h use_temp_path=off;
-  upstream origin {{ server {ORIGIN}; keepalive 32; }}
-  server {{
+        start_nginx(s, "nginx-proxy-cache", work, f"""  proxy_cache_path {{dir}}/cache levels=1:2 keys_zone=isr:64m max_size=4g inactive=24h use_temp_path=off;
+  upstream origin {{{{ server {ORIGIN}; keepalive 32; }}}}
+  server {{{{
     listen 127.0.0.1:{PORTS['nginx-proxy-cache']};
-    location / {{
+    location / {{{{
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_cache isr; proxy_cache_valid 200 60s;
       proxy_cache_use_stale updating error timeout; proxy_cache_background_update on; proxy_cache_lock on;
-    }}
-  }}
-}}
-""")
-        s.start("nginx-proxy-cache", ["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf")])
+    }}}}
+  }}}}""")
     if "varnish" in targets:
         d = os.path.join(work, "varnish")
         os.makedirs(d, exist_ok=True)
