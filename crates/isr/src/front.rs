@@ -21,7 +21,7 @@ use crate::body::Body;
 use crate::engine::{Engine, Outcome, Served};
 use crate::entry::{self, Entry};
 use crate::key;
-use crate::policy;
+use crate::policy::{self, Freshness};
 
 /// The value of the `x-isr-cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +202,12 @@ impl Front {
         state: CacheState,
     ) -> Response<Body> {
         let now = self.engine.now();
-        let freshness = self.engine.freshness(key, e, now);
+        // A HIT was just checked fresh and a STALE stale; only fetched pages need a check.
+        let freshness = match state {
+            CacheState::Hit => Freshness::Fresh,
+            CacheState::Stale => Freshness::Stale,
+            _ => self.engine.freshness(key, e, now),
+        };
         let timing = e.meta.timing();
         let (encoding, body) = e.body_for(req.headers().get(header::ACCEPT_ENCODING));
         let etag = e.etag(encoding);
