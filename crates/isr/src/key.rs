@@ -12,6 +12,12 @@
 ///   empty ones and those matching `ignore` (`utm_*` = prefix) are dropped.
 ///
 /// The trailing slash is kept: `/blog` and `/blog/` are two keys.
+///
+/// ```
+/// let ignore = ["utm_*".to_string()];
+/// let key = isr::key::normalize("/blog/../docs/%7Euser", Some("b=2&utm_source=x&a=1"), &ignore);
+/// assert_eq!(key, "/docs/~user?a=1&b=2");
+/// ```
 pub fn normalize(path: &str, query: Option<&str>, ignore: &[String]) -> String {
     let mut key = normalize_path(path);
     if let Some(q) = query {

@@ -64,6 +64,15 @@ impl Timing {
 
 /// Decides the state of an entry. `mark` is the merge of every on-demand revalidation
 /// that concerns it (its tags, its path, the layouts above it).
+///
+/// ```
+/// use isr::policy::{freshness, Freshness, Mark, Timing};
+/// let page = Timing { generated: 1_000, revalidate: Some(60_000), expire: 3_600_000 };
+/// assert_eq!(freshness(&page, Mark::default(), 30_000), Freshness::Fresh);
+/// assert_eq!(freshness(&page, Mark::default(), 61_000), Freshness::Stale);
+/// // Revalidated on demand (mode "expire") after it was generated: the next visitor waits.
+/// assert_eq!(freshness(&page, Mark::at(2_000, true), 30_000), Freshness::Expired);
+/// ```
 pub fn freshness(t: &Timing, mark: Mark, now: u64) -> Freshness {
     let age = t.age(now);
     // A mark of 0 means "never revalidated".
