@@ -1000,3 +1000,49 @@ async fn a_truncated_body_never_replaces_a_good_page() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(isr.get("/t").await.unwrap().text(), "good");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_on_a_miss_on_demand_only_pages_and_empty_responses() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/empty",
+        Spec {
+            status: Some(204),
+            body: Some(String::new()),
+            ..Default::default()
+        },
+    );
+    let config = format!(
+        "[[route]]\nmatch = \"/docs/{{*rest}}\"\nrevalidate = false\n{}",
+        common::CONFIG.replace("[cache]\n", "[cache]\nexpire = \"1h\"\n")
+    );
+    let isr = Isr::start_with(&origin, &config).await;
+    // HEAD on a missing page fetches the page (with GET) and stores it.
+    let head = isr.request("HEAD", "/blog/h", &[], "").await.unwrap();
+    assert_eq!(
+        (head.status, head.cache(), head.body.len()),
+        (200, "MISS", 0)
+    );
+    let get = isr.get("/blog/h").await.unwrap();
+    assert_eq!(get.cache(), "HIT");
+    assert_eq!(head.header("content-length"), get.body.len().to_string());
+    assert_eq!(origin.last("/blog/h").0, "/blog/h");
+    // revalidate = false: no stale-while-revalidate, s-maxage counts down to expire.
+    let docs = isr.get("/docs/a/b").await.unwrap();
+    let cc = docs.header("cache-control");
+    let secs: u64 = cc
+        .strip_prefix("public, s-maxage=")
+        .expect(cc)
+        .parse()
+        .expect(cc);
+    assert!((3590..=3600).contains(&secs), "{cc}");
+    assert_eq!(isr.get("/docs/a/b").await.unwrap().cache(), "HIT");
+    // 204 is stored and served without a body.
+    assert_eq!(isr.get("/empty").await.unwrap().status, 204);
+    let again = isr.get("/empty").await.unwrap();
+    assert_eq!(
+        (again.status, again.cache(), again.body.len()),
+        (204, "HIT", 0)
+    );
+    assert_eq!(origin.count("/empty"), 1);
+}
