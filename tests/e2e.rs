@@ -1046,3 +1046,35 @@ async fn head_on_a_miss_on_demand_only_pages_and_empty_responses() {
     );
     assert_eq!(origin.count("/empty"), 1);
 }
+
+#[test]
+fn an_unusable_data_dir_or_a_busy_port_exits_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
+            .args(["serve", "--origin", "http://127.0.0.1:9"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("data_dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let data = dir.path().join("data");
+    let out = run(&["--listen", &addr, "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
+}
