@@ -269,3 +269,46 @@ async fn eager_regeneration_is_bounded_by_regen_concurrency() {
         assert_eq!(serve(&e, k).await.0, "HIT");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_visitor_never_queues_behind_background_regenerations() {
+    let origin = Origin::start().await;
+    let e = engine(&origin).await;
+    for k in ["/blog/s1", "/blog/s2", "/blog/p"] {
+        serve(&e, k).await;
+    }
+    for k in ["/blog/s1", "/blog/s2"] {
+        origin.set(
+            k,
+            Spec {
+                delay: Duration::from_secs(10),
+                ..Default::default()
+            },
+        );
+    }
+    origin.set(
+        "/blog/p",
+        Spec {
+            delay: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    // Two slow regenerations take both slots (regen_concurrency = 2); /blog/p's waits.
+    for k in ["/blog/s1", "/blog/s2", "/blog/p"] {
+        assert_eq!(serve(&e, k).await.0, "STALE");
+    }
+    let expire = Revalidation {
+        tags: vec!["post-p".into()],
+        expire: true,
+        ..Default::default()
+    };
+    e.revalidate(&expire).await.unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(serve(&e, "/blog/p").await.0, "MISS");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the visitor waited {:?} behind background work",
+        started.elapsed()
+    );
+}

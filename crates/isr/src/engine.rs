@@ -107,6 +107,13 @@ impl Now {
     }
 }
 
+/// A running fetch for one key: its outcome, and a signal that a visitor is now waiting
+/// for it (a background regeneration queued for a permit then starts at once).
+struct Flight {
+    outcome: watch::Receiver<Option<Outcome>>,
+    visitor_waiting: Arc<tokio::sync::Notify>,
+}
+
 struct Backoff {
     failures: u32,
     until: u64,
@@ -135,7 +142,7 @@ pub struct Engine {
     hot: HotTier,
     clock: TagClock,
     origin: Origin,
-    flights: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    flights: Mutex<HashMap<String, Flight>>,
     backoff: Mutex<HashMap<String, Backoff>>,
     uncacheable: quick_cache::sync::Cache<String, u64>,
     regen_slots: Arc<Semaphore>,
@@ -298,11 +305,21 @@ impl Engine {
         permit: Option<OwnedSemaphorePermit>,
     ) -> watch::Receiver<Option<Outcome>> {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = flights.get(key) {
-            return rx.clone();
+        if let Some(f) = flights.get(key) {
+            if !background {
+                f.visitor_waiting.notify_one();
+            }
+            return f.outcome.clone();
         }
         let (tx, rx) = watch::channel(None);
-        flights.insert(key.to_string(), rx.clone());
+        let visitor_waiting = Arc::new(tokio::sync::Notify::new());
+        flights.insert(
+            key.to_string(),
+            Flight {
+                outcome: rx.clone(),
+                visitor_waiting: visitor_waiting.clone(),
+            },
+        );
         drop(flights);
         let guard = FlightGuard {
             engine: self.clone(),
@@ -310,9 +327,17 @@ impl Engine {
             tx,
         };
         tokio::spawn(async move {
+            // Background work waits for a regeneration slot, unless a visitor starts
+            // waiting for this page: a visitor never queues behind background work.
             let _permit = match permit {
                 Some(p) => Some(p),
-                None if background => guard.engine.regen_slots.clone().acquire_owned().await.ok(),
+                None if background => {
+                    let slots = guard.engine.regen_slots.clone();
+                    tokio::select! {
+                        p = slots.acquire_owned() => p.ok(),
+                        () = visitor_waiting.notified() => None,
+                    }
+                }
                 None => None,
             };
             let outcome = guard.engine.produce(&guard.key, copy).await;
