@@ -1,6 +1,8 @@
 //! The embedded durable store: one redb file in `data_dir`.
 //!
-//! Tables: `meta` (key → metadata), `body` ((key, encoding) → bytes), `tags`
+//! Tables: `meta` (key → metadata), `chunks` ((key, encoding, n) → up to 16,000 bytes of
+//! a body; redb gives each value a power-of-two region, so a 16 KiB page stored whole
+//! took 32 KiB and chunks bound that waste to the last chunk), `tags`
 //! ((tag, key) → ()) for eager tag revalidation, `marks` (name → (stale_at, expire_at)).
 //! Metadata is apart from bodies so freshness checks never read a body.
 //!
@@ -26,7 +28,11 @@ use crate::entry::{Encoding, Entry, Meta};
 use crate::policy::Mark;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const BODY: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("body");
+const BODY: TableDefinition<(&str, u8, u32), &[u8]> = TableDefinition::new("chunks");
+
+/// Largest piece of a body stored as one value: with redb's own overhead it still fits a
+/// 16 KiB region.
+const CHUNK: usize = 16_000;
 const TAGS: TableDefinition<(&str, &str), ()> = TableDefinition::new("tags");
 const MARKS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("marks");
 
@@ -198,11 +204,18 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
                             Encoding::Br => entry.br.as_ref(),
                             Encoding::Gzip => entry.gzip.as_ref(),
                         };
-                        match variant {
-                            Some(b) => body.insert((key.as_str(), enc.code()), &b[..]).map(|_| ()),
-                            None => body.remove((key.as_str(), enc.code())).map(|_| ()),
-                        }
+                        let k = key.as_str();
+                        body.retain_in((k, enc.code(), 0)..=(k, enc.code(), u32::MAX), |_, _| {
+                            false
+                        })
                         .map_err(err)?;
+                        for (n, piece) in variant
+                            .into_iter()
+                            .flat_map(|b| b.chunks(CHUNK))
+                            .enumerate()
+                        {
+                            body.insert((k, enc.code(), n as u32), piece).map_err(err)?;
+                        }
                     }
                     for t in &entry.meta.tags {
                         tags.insert((t.as_str(), key.as_str()), ()).map_err(err)?;
@@ -257,10 +270,17 @@ impl Store for RedbStore {
             let m = Meta::from_bytes(m.value()).map_err(err)?;
             let body = txn.open_table(BODY).map_err(err)?;
             let load = |e: Encoding| -> Result<Option<Bytes>, StoreError> {
-                Ok(body
-                    .get((key.as_str(), e.code()))
+                let k = key.as_str();
+                let mut out: Option<Vec<u8>> = None;
+                for row in body
+                    .range((k, e.code(), 0)..=(k, e.code(), u32::MAX))
                     .map_err(err)?
-                    .map(|g| Bytes::copy_from_slice(g.value())))
+                {
+                    let (_, piece) = row.map_err(err)?;
+                    out.get_or_insert_with(|| Vec::with_capacity(CHUNK))
+                        .extend_from_slice(piece.value());
+                }
+                Ok(out.map(Bytes::from))
             };
             let identity = load(Encoding::Identity)?.unwrap_or_default();
             let br = if m.br { load(Encoding::Br)? } else { None };
@@ -409,6 +429,28 @@ mod tests {
             )]
         );
         assert!(s.get("/missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn bodies_of_many_chunks_round_trip_and_shrink_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let big: String = (0..100_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        s.put("/big", entry(&big, 1, &[])).await.unwrap();
+        assert_eq!(
+            s.get("/big").await.unwrap().unwrap().identity,
+            big.as_bytes()
+        );
+        let smaller = &big[..CHUNK + 7];
+        s.put("/big", entry(smaller, 2, &[])).await.unwrap();
+        assert_eq!(
+            s.get("/big").await.unwrap().unwrap().identity,
+            smaller.as_bytes()
+        );
+        s.put("/big", entry("", 3, &[])).await.unwrap();
+        assert!(s.get("/big").await.unwrap().unwrap().identity.is_empty());
     }
 
     #[tokio::test]
