@@ -272,16 +272,20 @@ impl Store for RedbStore {
             let body = txn.open_table(BODY).map_err(err)?;
             let load = |e: Encoding| -> Result<Option<Bytes>, StoreError> {
                 let k = key.as_str();
-                let mut out: Option<Vec<u8>> = None;
-                for row in body
+                let pieces = body
                     .range((k, e.code(), 0)..=(k, e.code(), u32::MAX))
                     .map_err(err)?
-                {
-                    let (_, piece) = row.map_err(err)?;
-                    out.get_or_insert_with(|| Vec::with_capacity(CHUNK))
-                        .extend_from_slice(piece.value());
+                    .map(|row| row.map(|(_, piece)| piece).map_err(err))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if pieces.is_empty() {
+                    return Ok(None);
                 }
-                Ok(out.map(Bytes::from))
+                // Exactly sized: the hot tier counts these bytes against its budget.
+                let mut out = Vec::with_capacity(pieces.iter().map(|p| p.value().len()).sum());
+                for p in &pieces {
+                    out.extend_from_slice(p.value());
+                }
+                Ok(Some(Bytes::from(out)))
             };
             let identity = load(Encoding::Identity)?.unwrap_or_default();
             let br = if m.br { load(Encoding::Br)? } else { None };
