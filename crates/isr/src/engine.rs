@@ -290,11 +290,16 @@ impl Engine {
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
             Ok(Some(o)) => o,
-            _ => Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&FetchError::Invalid {
-                origin: self.origin.url().to_string(),
-                detail: "the regeneration was abandoned".into(),
-            }))),
+            _ => self.abandoned(),
         }
+    }
+
+    /// The outcome of a fetch whose task ended without producing one (a 502 to visitors).
+    fn abandoned(&self) -> Outcome {
+        Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&FetchError::Invalid {
+            origin: self.origin.url().to_string(),
+            detail: "the regeneration was abandoned".into(),
+        })))
     }
 
     fn start_flight(
@@ -599,15 +604,7 @@ impl Drop for FlightGuard {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.key);
         if self.tx.borrow().is_none() {
-            let e = FetchError::Invalid {
-                origin: self.engine.origin.url().to_string(),
-                detail: "the regeneration was abandoned".into(),
-            };
-            let _ = self
-                .tx
-                .send(Some(Outcome::Failed(Arc::new(ErrorResponse::from_fetch(
-                    &e,
-                )))));
+            let _ = self.tx.send(Some(self.engine.abandoned()));
         }
     }
 }
