@@ -169,26 +169,19 @@ impl Front {
             Served::Hit(e) => self.cached(&req, key, &e, CacheState::Hit),
             Served::Stale(e) => self.cached(&req, key, &e, CacheState::Stale),
             Served::Miss(e) => self.cached(&req, key, &e, CacheState::Miss),
-            Served::Pass(p) => {
-                let mut res = Response::from_parts(p.parts, p.body);
-                crate::origin::strip_hop_by_hop(res.headers_mut());
-                strip_control_headers(res.headers_mut());
-                res.headers_mut()
-                    .insert(X_ISR_CACHE, CacheState::Bypass.header());
-                head_only(&req, res)
-            }
+            Served::Pass(p) => not_stored(
+                &req,
+                Response::from_parts(p.parts, p.body),
+                CacheState::Bypass,
+            ),
             // Hit-for-miss: this visitor's own request goes to the origin.
             Served::Bypass => self.proxy(req, remote).await,
             Served::Error(e) => {
                 let mut res = Response::new(Body::full(e.body.clone()));
                 *res.status_mut() = e.status;
                 *res.headers_mut() = e.headers.clone();
-                crate::origin::strip_hop_by_hop(res.headers_mut());
-                strip_control_headers(res.headers_mut());
                 res.headers_mut().remove(header::CONTENT_LENGTH);
-                res.headers_mut()
-                    .insert(X_ISR_CACHE, CacheState::Miss.header());
-                head_only(&req, res)
+                not_stored(&req, res, CacheState::Miss)
             }
         }
     }
@@ -364,13 +357,19 @@ fn has_bypass_cookie(h: &HeaderMap, names: &[String]) -> bool {
         .any(|name| names.iter().any(|n| n == name.trim()))
 }
 
-/// The control headers meant for isr are never sent to visitors.
-fn strip_control_headers(h: &mut HeaderMap) {
+/// An origin response that was not stored, made ready for the visitor: hop-by-hop and
+/// isr's control headers removed (they are never sent to visitors), its state set, no
+/// body for HEAD.
+fn not_stored(
+    req: &Request<Incoming>,
+    mut res: Response<Body>,
+    state: CacheState,
+) -> Response<Body> {
+    let h = res.headers_mut();
+    crate::origin::strip_hop_by_hop(h);
     h.remove("x-isr-tags");
     h.remove("x-isr-revalidate");
-}
-
-fn head_only(req: &Request<Incoming>, mut res: Response<Body>) -> Response<Body> {
+    h.insert(X_ISR_CACHE, state.header());
     if req.method() == Method::HEAD {
         *res.body_mut() = Body::empty();
     }
