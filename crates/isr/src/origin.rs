@@ -161,10 +161,21 @@ impl Origin {
                 detail,
             }
         } else {
-            FetchError::Invalid {
-                origin: self.base.clone(),
-                detail,
-            }
+            self.invalid(detail)
+        }
+    }
+
+    fn invalid(&self, detail: impl ToString) -> FetchError {
+        FetchError::Invalid {
+            origin: self.base.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn timed_out(&self) -> FetchError {
+        FetchError::Timeout {
+            origin: self.base.clone(),
+            timeout: self.timeout,
         }
     }
 
@@ -173,10 +184,7 @@ impl Origin {
     pub async fn fetch(&self, key: &str) -> Result<Fetched, FetchError> {
         let mut req = Request::get(format!("{}{}", self.base, key))
             .body(Empty::new())
-            .map_err(|e| FetchError::Invalid {
-                origin: self.base.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| self.invalid(e))?;
         let h = req.headers_mut();
         h.insert(header::HOST, self.host.clone());
         h.insert(header::USER_AGENT, self.user_agent.clone());
@@ -205,10 +213,7 @@ impl Origin {
             let mut buf =
                 BytesMut::with_capacity(declared.unwrap_or(16384).min(self.max_body) as usize);
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| FetchError::Invalid {
-                    origin: self.base.clone(),
-                    detail: format!("body cut short: {e}"),
-                })?;
+                let frame = frame.map_err(|e| self.invalid(format!("body cut short: {e}")))?;
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
                     if buf.len() as u64 > self.max_body {
@@ -220,10 +225,7 @@ impl Origin {
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(FetchError::Timeout {
-                origin: self.base.clone(),
-                timeout: self.timeout,
-            }),
+            Err(_) => Err(self.timed_out()),
         }
     }
 
@@ -240,10 +242,7 @@ impl Origin {
             .method(parts.method)
             .uri(format!("{}{}", self.base, target))
             .body(body)
-            .map_err(|e| FetchError::Invalid {
-                origin: self.base.clone(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| self.invalid(e))?;
         let h = out.headers_mut();
         *h = parts.headers;
         strip_hop_by_hop(h);
@@ -261,10 +260,7 @@ impl Origin {
                 Ok(res)
             }
             Ok(Err(e)) => Err(self.connect_error(&e)),
-            Err(_) => Err(FetchError::Timeout {
-                origin: self.base.clone(),
-                timeout: self.timeout,
-            }),
+            Err(_) => Err(self.timed_out()),
         }
     }
 }
