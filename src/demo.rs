@@ -275,6 +275,7 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
             listen: Some(listen.to_string()),
             origin: Some(format!("http://{origin_addr}")),
             data_dir: Some(args.data_dir.clone()),
+            redis: None,
         },
     ) {
         Ok(c) => c,

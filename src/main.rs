@@ -64,7 +64,7 @@ struct ServeArgs {
     /// Directory of the embedded store.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Redis URL for a shared store (not available in this version).
+    /// Redis URL of a store shared by several nodes, e.g. redis://127.0.0.1:6379/0.
     #[arg(long)]
     redis: Option<String>,
 }
@@ -146,14 +146,11 @@ fn check(config: Option<PathBuf>) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    if let Some(url) = &args.redis {
-        eprintln!("isr: config error: <flags>:0: key `--redis`: the Redis shared store ({url}) is not available in this version");
-        return ExitCode::from(2);
-    }
     let overrides = isr::config::Overrides {
         listen: args.listen,
         origin: args.origin,
         data_dir: args.data_dir,
+        redis: args.redis,
     };
     let cfg = match isr::config::load(config_file(args.config).as_deref(), &overrides) {
         Ok(c) => c,
@@ -171,7 +168,10 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        tracing::info!(listen = %server.local_addr(), origin = %cfg.origin, data_dir = %cfg.data_dir.display(), "isr serving");
+        match &cfg.redis {
+            Some(r) => tracing::info!(listen = %server.local_addr(), origin = %cfg.origin, redis = %r.url, prefix = %r.prefix, "isr serving"),
+            None => tracing::info!(listen = %server.local_addr(), origin = %cfg.origin, data_dir = %cfg.data_dir.display(), "isr serving"),
+        }
         server.run(shutdown_signal()).await;
         tracing::info!("isr stopped");
         ExitCode::SUCCESS

@@ -48,6 +48,17 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Extra path serving the revalidation API, besides `/_isr/revalidate`.
     pub api_path: Option<String>,
+    /// The shared store, when several nodes share one cache (`[redis]` or `--redis`).
+    pub redis: Option<RedisConfig>,
+}
+
+/// The `[redis]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Namespace of every key and channel, so several sites can share one Redis.
+    pub prefix: String,
 }
 
 /// The `[cache]` table.
@@ -157,9 +168,7 @@ struct FileApi {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRedis {
-    #[allow(dead_code)]
     url: Option<String>,
-    #[allow(dead_code)]
     prefix: Option<String>,
 }
 
@@ -273,6 +282,8 @@ pub struct Overrides {
     pub origin: Option<String>,
     /// `--data-dir`
     pub data_dir: Option<PathBuf>,
+    /// `--redis`
+    pub redis: Option<String>,
 }
 
 /// Reads and validates a config file (when given) and applies the overrides.
@@ -416,12 +427,42 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         }
         other => other.clone(),
     };
-    if file.redis.is_some() {
-        return Err(locate.key_error(
-            "redis",
-            "the Redis shared store is not available in this version; remove [redis] to use the embedded store".into(),
-        ));
-    }
+    let redis = match (&overrides.redis, &file.redis) {
+        (None, None) => None,
+        (url, table) => {
+            let url = url
+                .clone()
+                .or_else(|| table.as_ref()?.url.clone())
+                .ok_or_else(|| {
+                    locate.key_error(
+                        "redis",
+                        "[redis] needs url = \"redis://host:port/db\" (or --redis)".into(),
+                    )
+                })?;
+            if !url.starts_with("redis://") && !url.starts_with("unix://") {
+                return Err(locate.value_error(
+                    "url",
+                    &url,
+                    "expected redis://host:port/db (rediss:// is not supported)",
+                ));
+            }
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(locate.value_error("url", &url, &e.to_string()));
+            }
+            let prefix = table
+                .as_ref()
+                .and_then(|t| t.prefix.clone())
+                .unwrap_or_else(|| "isr".into());
+            if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace()) {
+                return Err(locate.value_error(
+                    "prefix",
+                    &prefix,
+                    "must be non-empty, without spaces",
+                ));
+            }
+            Some(RedisConfig { url, prefix })
+        }
+    };
     Ok(Config {
         listen,
         origin,
@@ -436,6 +477,7 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         cache,
         routes,
         api_path,
+        redis,
     })
 }
 
@@ -631,5 +673,31 @@ revalidate = false
         let e =
             cfg("origin = \"http://a:1\"\n[cache]\nregen_concurrency = \"many\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "regen_concurrency"), "{e}");
+    }
+
+    #[test]
+    fn redis_table_and_flag() {
+        let c = cfg("origin = \"http://a:1\"\n[redis]\nurl = \"redis://127.0.0.1:6379/2\"\n").unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!((r.url.as_str(), r.prefix.as_str()), ("redis://127.0.0.1:6379/2", "isr"));
+        let o = Overrides {
+            origin: Some("http://a:1".into()),
+            redis: Some("redis://127.0.0.1:7000/0".into()),
+            ..Default::default()
+        };
+        let c = parse("<flags>", "[redis]\nprefix = \"site-b\"\n", &o).unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!((r.url.as_str(), r.prefix.as_str()), ("redis://127.0.0.1:7000/0", "site-b"));
+        assert_eq!(cfg("origin = \"http://a:1\"").unwrap().redis, None);
+    }
+
+    #[test]
+    fn bad_redis_settings_name_their_line() {
+        let e = cfg("origin = \"http://a:1\"\n[redis]\nurl = \"http://127.0.0.1:6379\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "url"), "{e}");
+        let e = cfg("origin = \"http://a:1\"\n[redis]\nprefix = \"x\"\n").unwrap_err();
+        assert_eq!(e.key, "redis", "{e}");
+        let e = cfg("origin = \"http://a:1\"\n[redis]\nurl = \"redis://h:1/0\"\nprefix = \"a b\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "prefix"), "{e}");
     }
 }

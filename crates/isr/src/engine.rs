@@ -21,7 +21,7 @@ use crate::key;
 use crate::origin::{self, FetchError, Fetched, Origin};
 use crate::policy::{self, Freshness, Mark};
 use crate::route::{Routes, Rules};
-use crate::store::{HotTier, Store, StoreError};
+use crate::store::{HotTier, Lease, Store, StoreError, StoreEvent};
 use crate::tags::{TagClock, Target};
 
 /// A response that only the visitor who asked may get (uncacheable or too large).
@@ -163,7 +163,8 @@ impl Engine {
                 last = last.max(mark.stale_at).max(mark.expire_at);
             }
         }
-        Ok(Arc::new(Engine {
+        let events = store.events();
+        let engine = Arc::new(Engine {
             routes: Routes::new(&cfg.routes),
             hot: HotTier::new(cfg.cache.memory),
             origin: Origin::new(&cfg),
@@ -176,7 +177,33 @@ impl Engine {
             cfg,
             now: Now::new(),
             last_mark: AtomicU64::new(last),
-        }))
+        });
+        if let Some(mut events) = events {
+            let weak = Arc::downgrade(&engine);
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    let Some(engine) = weak.upgrade() else { return };
+                    engine.apply(event);
+                }
+            });
+        }
+        Ok(engine)
+    }
+
+    /// Applies a change another node made to the shared store: a revalidation mark goes
+    /// into the tag clock (and generation stamps stay above it); a newer page drops this
+    /// node's older copy from memory.
+    fn apply(&self, event: StoreEvent) {
+        match event {
+            StoreEvent::Mark { name, mark } => {
+                if let Some(t) = Target::from_store_name(&name) {
+                    self.clock.apply(t, mark);
+                    self.last_mark
+                        .fetch_max(mark.stale_at.max(mark.expire_at), Ordering::SeqCst);
+                }
+            }
+            StoreEvent::Stored { key, generated } => self.hot.remove_older(&key, generated),
+        }
     }
 
     /// The configuration.
@@ -211,6 +238,7 @@ impl Engine {
                 Some(e)
             }
             Ok(None) => None,
+            Err(StoreError::Unavailable(_)) => None,
             Err(e) => {
                 tracing::error!(key, error = %e, "store read failed; treating as a miss");
                 None
@@ -345,10 +373,38 @@ impl Engine {
                 }
                 None => None,
             };
-            let outcome = guard.engine.produce(&guard.key, copy).await;
+            let outcome = guard.engine.produce_once(&guard.key, copy, background).await;
             let _ = guard.tx.send(Some(outcome));
         });
         rx
+    }
+
+    /// Produces `key` unless another node sharing the store is regenerating it: then
+    /// waits (at most `origin_timeout`) for that node's page instead of asking the origin
+    /// again. If no newer page shows up, a visitor's fetch goes ahead anyway; background
+    /// work just ends (the page stays stale until a later request). A store that cannot
+    /// be reached never blocks a fetch: single-flight is then per node.
+    async fn produce_once(&self, key: &str, copy: Option<Window>, background: bool) -> Outcome {
+        let _lease = match self.store.lease(key).await {
+            Ok(Lease::Elsewhere) => {
+                let _ = self
+                    .store
+                    .wait_for_lease(key, self.cfg.cache.origin_timeout)
+                    .await;
+                match self.store.get(key).await {
+                    Ok(Some(e)) if self.freshness(key, &e, self.now()) == Freshness::Fresh => {
+                        let e = Arc::new(e);
+                        self.hot.insert(key, e.clone());
+                        return Outcome::Stored(e);
+                    }
+                    _ if background => return self.abandoned(),
+                    _ => None,
+                }
+            }
+            Ok(Lease::Held(guard)) => Some(guard),
+            Ok(Lease::Local) | Err(_) => None,
+        };
+        self.produce(key, copy).await
     }
 
     /// Fetches `key` from the origin and stores the result when it may be stored.
@@ -458,6 +514,7 @@ impl Engine {
                     return Outcome::Stored(newer);
                 }
             }
+            Err(StoreError::Unavailable(_)) => {}
             Err(e) => {
                 tracing::error!(key, error = %e, "could not store the page; serving it from memory")
             }

@@ -5,7 +5,7 @@
 //! ```text
 //! request ─► front ─► key + route ─► Engine::serve ─► policy::freshness(timing, tag clock mark, now)
 //!                                        │                    ├─ HIT / STALE ─► respond (STALE also starts a flight)
-//!                         HotTier ◄── Store (redb)            └─ MISS ─► flight (single-flight) ─► Origin
+//!                  HotTier ◄── Store (redb | redis)           └─ MISS ─► flight (single-flight) ─► Origin
 //!                                        ▲
 //!            revalidation API ─► TagClock (+ store marks) ─► (eager) flights
 //! ```
@@ -21,7 +21,9 @@
 //!   generated before a mark that concerns it is stale (or expired), so revalidating a
 //!   tag is one map write whatever the number of pages.
 //! - [`store`]: the `Store` trait and its adapters ([`store::RedbStore`], durable and
-//!   crash-safe; [`store::MemoryStore`]) and the byte-bounded [`store::HotTier`].
+//!   crash-safe; [`store::RedisStore`], shared by several nodes, which also hands out
+//!   per-page regeneration leases and carries revalidations to every node;
+//!   [`store::MemoryStore`]) and the byte-bounded [`store::HotTier`].
 //! - [`origin`]: the HTTP client side: fetching pages with requests that never carry
 //!   visitor data, proxying bypassed requests, and turning responses into
 //!   [`entry::Entry`] values with Brotli and gzip variants.
@@ -74,9 +76,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the embedded store in `cfg.data_dir` and binds `cfg.listen`.
+    /// Opens the store (Redis when `cfg.redis` is set, else the embedded store in
+    /// `cfg.data_dir`) and binds `cfg.listen`.
     pub async fn bind(cfg: Config, secrets: Secrets) -> Result<Server, StartError> {
-        let store: Arc<dyn store::Store> = Arc::new(store::RedbStore::open(&cfg.data_dir)?);
+        let store: Arc<dyn store::Store> = match &cfg.redis {
+            Some(r) => Arc::new(store::RedisStore::connect(&r.url, &r.prefix)?),
+            None => Arc::new(store::RedbStore::open(&cfg.data_dir)?),
+        };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| StartError::Listen {

@@ -46,6 +46,14 @@ impl HotTier {
         }
     }
 
+    /// Drops the entry for `key` if it was generated before `generated` (another node
+    /// stored a newer page; the next request reads that one from the shared store).
+    pub fn remove_older(&self, key: &str, generated: u64) {
+        if let Some(c) = &self.cache {
+            c.remove_if(key, |e| e.meta.generated < generated);
+        }
+    }
+
     /// Bytes held now.
     pub fn bytes(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| c.weight())

@@ -29,7 +29,7 @@ impl MemoryStore {
         let mut inner = self
             .inner
             .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
+            .map_err(|_| StoreError::Failed("poisoned".into()))?;
         Ok(f(&mut inner))
     }
 }

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::entry::{Entry, Meta};
 use crate::policy::Mark;
@@ -14,15 +15,71 @@ use crate::policy::Mark;
 mod hot;
 mod memory;
 mod redb;
+mod redis;
 
 pub use self::hot::HotTier;
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
+pub use self::redis::RedisStore;
 
-/// A store operation failed (I/O, corruption, or the store is gone).
+/// A store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// I/O, corruption, or a refused write.
+    #[error("store: {0}")]
+    Failed(String),
+    /// A shared store cannot be reached right now (the adapter logs when that starts and
+    /// ends, so callers need not log every call).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Whether this node may regenerate a page (cluster-wide single-flight).
+pub enum Lease {
+    /// No other node shares this store: go ahead.
+    Local,
+    /// This node holds the lease until the guard is dropped.
+    Held(LeaseGuard),
+    /// Another node is regenerating the page right now.
+    Elsewhere,
+}
+
+/// Releases a lease when dropped.
+pub struct LeaseGuard(Option<Box<dyn FnOnce() + Send>>);
+
+impl LeaseGuard {
+    /// A guard that runs `release` when dropped.
+    pub fn new(release: impl FnOnce() + Send + 'static) -> LeaseGuard {
+        LeaseGuard(Some(Box::new(release)))
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
+/// A change another node made to a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A revalidation mark (merge it into the tag clock).
+    Mark {
+        /// The target's store name (see [`crate::tags::Target::store_name`]).
+        name: String,
+        /// The mark.
+        mark: Mark,
+    },
+    /// A new page was stored for `key`, generated at `generated` (drop older copies).
+    Stored {
+        /// The cache key.
+        key: Arc<str>,
+        /// Its generation stamp.
+        generated: u64,
+    },
+}
 
 /// The future an adapter returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -57,4 +114,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every mark, to rebuild the tag clock at start.
     fn load_marks(&self) -> StoreFuture<'_, Vec<(String, Mark)>>;
+
+    /// Asks for the right to regenerate `key` (a store shared by several nodes hands it
+    /// to one node at a time; a store of one process always says [`Lease::Local`]).
+    fn lease<'a>(&'a self, _key: &'a str) -> StoreFuture<'a, Lease> {
+        Box::pin(async { Ok(Lease::Local) })
+    }
+
+    /// Waits, at most `at_most`, until no node holds the lease on `key`.
+    fn wait_for_lease<'a>(&'a self, _key: &'a str, _at_most: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The changes other nodes make, for a shared store (taken once, by the engine).
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
+        None
+    }
 }

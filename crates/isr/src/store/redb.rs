@@ -76,19 +76,19 @@ struct Write {
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Failed(e.to_string())
 }
 
 impl RedbStore {
     /// Opens (or creates) `dir/isr.redb`.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create data_dir {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::Failed(format!("cannot create data_dir {}: {e}", dir.display())))?;
         let path = dir.join("isr.redb");
         let db = Database::builder()
             .set_cache_size(4 << 20)
             .create(&path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
         let mut txn = db.begin_write().map_err(err)?;
         txn.set_quick_repair(true);
         {
@@ -116,9 +116,9 @@ impl RedbStore {
         let (done, rx) = oneshot::channel();
         let sent = self.writer.send(Write { op, done });
         Box::pin(async move {
-            sent.map_err(|_| StoreError("the store writer has stopped".into()))?;
+            sent.map_err(|_| StoreError::Failed("the store writer has stopped".into()))?;
             rx.await
-                .map_err(|_| StoreError("the store writer has stopped".into()))?
+                .map_err(|_| StoreError::Failed("the store writer has stopped".into()))?
         })
     }
 
@@ -255,7 +255,7 @@ fn blocking<T: Send + 'static>(
     Box::pin(async move {
         tokio::task::spawn_blocking(f)
             .await
-            .map_err(|e| StoreError(format!("store read task failed: {e}")))?
+            .map_err(|e| StoreError::Failed(format!("store read task failed: {e}")))?
     })
 }
 
