@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test: unit, property and doc tests, engine tests on tokio's paused clock,
 # and the end-to-end tests that start the real `isr` binary against a loopback test
-# origin. Needs only cargo today; system packages later tests need are installed here.
+# origin, and the cluster tests that run several nodes against a real redis-server.
+# Installs the system packages the tests need when they are missing (Debian: apt-get).
 # Ends with one summary line: "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null; then
+  echo "installing redis-server (needed by tests/cluster.rs)"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -357,3 +357,86 @@ pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// A real `redis-server` on a free loopback port, stopped when dropped. Panics (never
+/// skips) when redis-server is not installed: `scripts/test.sh` installs it.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.resume();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (or starts again) the server on the same port. Data lives in memory, so a
+    /// restart comes back empty unless the caller wrote it again.
+    pub fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server is required for these tests (bash scripts/test.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.cli(&["PING"]).is_ok_and(|r| r == "PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Stops the server (SIGKILL: as abrupt as a crash or a cut cable).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs one command with a minimal RESP client; returns the reply as text.
+    pub fn cli(&self, args: &[&str]) -> std::io::Result<String> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut cmd = format!("*{}\r\n", args.len());
+        for a in args {
+            cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(cmd.as_bytes())?;
+        let mut line = String::new();
+        let mut r = BufReader::new(s);
+        r.read_line(&mut line)?;
+        let line = line.trim_end();
+        Ok(match line.as_bytes().first() {
+            Some(b'$') if line != "$-1" => {
+                let mut v = String::new();
+                r.read_line(&mut v)?;
+                v.trim_end().to_string()
+            }
+            _ => line.trim_start_matches(['+', ':']).to_string(),
+        })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -677,9 +677,13 @@ revalidate = false
 
     #[test]
     fn redis_table_and_flag() {
-        let c = cfg("origin = \"http://a:1\"\n[redis]\nurl = \"redis://127.0.0.1:6379/2\"\n").unwrap();
+        let c =
+            cfg("origin = \"http://a:1\"\n[redis]\nurl = \"redis://127.0.0.1:6379/2\"\n").unwrap();
         let r = c.redis.unwrap();
-        assert_eq!((r.url.as_str(), r.prefix.as_str()), ("redis://127.0.0.1:6379/2", "isr"));
+        assert_eq!(
+            (r.url.as_str(), r.prefix.as_str()),
+            ("redis://127.0.0.1:6379/2", "isr")
+        );
         let o = Overrides {
             origin: Some("http://a:1".into()),
             redis: Some("redis://127.0.0.1:7000/0".into()),
@@ -687,17 +691,23 @@ revalidate = false
         };
         let c = parse("<flags>", "[redis]\nprefix = \"site-b\"\n", &o).unwrap();
         let r = c.redis.unwrap();
-        assert_eq!((r.url.as_str(), r.prefix.as_str()), ("redis://127.0.0.1:7000/0", "site-b"));
+        assert_eq!(
+            (r.url.as_str(), r.prefix.as_str()),
+            ("redis://127.0.0.1:7000/0", "site-b")
+        );
         assert_eq!(cfg("origin = \"http://a:1\"").unwrap().redis, None);
     }
 
     #[test]
     fn bad_redis_settings_name_their_line() {
-        let e = cfg("origin = \"http://a:1\"\n[redis]\nurl = \"http://127.0.0.1:6379\"\n").unwrap_err();
+        let e =
+            cfg("origin = \"http://a:1\"\n[redis]\nurl = \"http://127.0.0.1:6379\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "url"), "{e}");
         let e = cfg("origin = \"http://a:1\"\n[redis]\nprefix = \"x\"\n").unwrap_err();
         assert_eq!(e.key, "redis", "{e}");
-        let e = cfg("origin = \"http://a:1\"\n[redis]\nurl = \"redis://h:1/0\"\nprefix = \"a b\"\n").unwrap_err();
+        let e =
+            cfg("origin = \"http://a:1\"\n[redis]\nurl = \"redis://h:1/0\"\nprefix = \"a b\"\n")
+                .unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (4, "prefix"), "{e}");
     }
 }

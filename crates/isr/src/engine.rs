@@ -373,7 +373,10 @@ impl Engine {
                 }
                 None => None,
             };
-            let outcome = guard.engine.produce_once(&guard.key, copy, background).await;
+            let outcome = guard
+                .engine
+                .produce_once(&guard.key, copy, background)
+                .await;
             let _ = guard.tx.send(Some(outcome));
         });
         rx
@@ -391,20 +394,37 @@ impl Engine {
                     .store
                     .wait_for_lease(key, self.cfg.cache.origin_timeout)
                     .await;
-                match self.store.get(key).await {
-                    Ok(Some(e)) if self.freshness(key, &e, self.now()) == Freshness::Fresh => {
-                        let e = Arc::new(e);
-                        self.hot.insert(key, e.clone());
-                        return Outcome::Stored(e);
-                    }
-                    _ if background => return self.abandoned(),
-                    _ => None,
+                if let Some(e) = self.fresh_in_store(key).await {
+                    return Outcome::Stored(e);
                 }
+                if background {
+                    return self.abandoned();
+                }
+                None
             }
-            Ok(Lease::Held(guard)) => Some(guard),
+            Ok(Lease::Held(guard)) => {
+                // Another node may have finished this page just before the lease was
+                // free, and its announcement not reached this node yet.
+                if let Some(e) = self.fresh_in_store(key).await {
+                    return Outcome::Stored(e);
+                }
+                Some(guard)
+            }
             Ok(Lease::Local) | Err(_) => None,
         };
         self.produce(key, copy).await
+    }
+
+    /// The stored page for `key` if it is fresh now (then also kept hot).
+    async fn fresh_in_store(&self, key: &str) -> Option<Arc<Entry>> {
+        let meta = self.store.get_meta(key).await.ok()??;
+        let probe = Entry::new(meta, Bytes::new(), None, None);
+        if self.freshness(key, &probe, self.now()) != Freshness::Fresh {
+            return None;
+        }
+        let e = Arc::new(self.store.get(key).await.ok()??);
+        self.hot.insert(key, e.clone());
+        Some(e)
     }
 
     /// Fetches `key` from the origin and stores the result when it may be stored.

@@ -82,8 +82,9 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) `dir/isr.redb`.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Failed(format!("cannot create data_dir {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Failed(format!("cannot create data_dir {}: {e}", dir.display()))
+        })?;
         let path = dir.join("isr.redb");
         let db = Database::builder()
             .set_cache_size(4 << 20)

@@ -452,8 +452,15 @@ fn parse_mark(text: &str) -> Option<Mark> {
 /// One message on the events channel.
 #[derive(Debug, PartialEq, Eq)]
 enum Message<'a> {
-    Mark { version: u64, mark: Mark, name: &'a str },
-    Stored { generated: u64, key: &'a str },
+    Mark {
+        version: u64,
+        mark: Mark,
+        name: &'a str,
+    },
+    Stored {
+        generated: u64,
+        key: &'a str,
+    },
 }
 
 fn parse_message(text: &str) -> Option<Message<'_>> {
@@ -508,13 +515,13 @@ async fn subscribe(
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot subscribe to redis invalidations");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
             Err(_) => {
                 tracing::warn!(retry_in = ?backoff, "redis did not answer the subscription");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
@@ -614,6 +621,12 @@ mod tests {
         );
         assert_eq!(parse_message("x 1 2"), None);
         assert_eq!(parse_message("m nope"), None);
-        assert_eq!(parse_mark("12 34"), Some(Mark { stale_at: 12, expire_at: 34 }));
+        assert_eq!(
+            parse_mark("12 34"),
+            Some(Mark {
+                stale_at: 12,
+                expire_at: 34
+            })
+        );
     }
 }
