@@ -157,7 +157,17 @@ impl Engine {
     pub async fn new(cfg: Config, store: Arc<dyn Store>) -> Result<Arc<Engine>, StoreError> {
         let clock = TagClock::new();
         let mut last = 0;
-        for (name, mark) in store.load_marks().await? {
+        let marks = match store.load_marks().await {
+            Ok(marks) => marks,
+            // A shared store that is down at start: the node starts empty (every page is
+            // a miss) and its subscriber loads the clock once the store is reachable.
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "starting without the shared tag clock");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        for (name, mark) in marks {
             if let Some(t) = Target::from_store_name(&name) {
                 clock.apply(t, mark);
                 last = last.max(mark.stale_at).max(mark.expire_at);

@@ -504,22 +504,28 @@ async fn subscribe(
     let channel = format!("{}:events", s.prefix);
     let mut backoff = Duration::from_millis(100);
     let mut was_connected = false;
+    let mut failures = 0u32;
     loop {
         let subscribed = async {
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(ps)
         };
-        let ps = match tokio::time::timeout(CALL_TIMEOUT, subscribed).await {
-            Ok(Ok(ps)) => ps,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot subscribe to redis invalidations");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!(retry_in = ?backoff, "redis did not answer the subscription");
+        let why = match tokio::time::timeout(CALL_TIMEOUT, subscribed).await {
+            Ok(Ok(ps)) => Ok(ps),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer".to_string()),
+        };
+        let ps = match why {
+            Ok(ps) => ps,
+            Err(why) => {
+                // Said once per outage; the retries go on quietly (every second at most).
+                if failures == 0 {
+                    tracing::warn!(error = %why, "cannot subscribe to redis invalidations; retrying until it answers");
+                } else {
+                    tracing::debug!(error = %why, retry_in = ?backoff, "redis subscription retry failed");
+                }
+                failures += 1;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -536,6 +542,7 @@ async fn subscribe(
             );
         }
         was_connected = true;
+        failures = 0;
         backoff = Duration::from_millis(100);
         let mut stream = ps.into_on_message();
         use futures_util::StreamExt;
