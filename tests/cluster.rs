@@ -276,3 +276,31 @@ async fn nodes_keep_serving_while_redis_is_down_and_converge_when_it_returns() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_regeneration_longer_than_the_lease_keeps_it_by_renewing() {
+    let redis = Redis::start();
+    let origin = Origin::start().await;
+    // Slower than the 3 s lease: without renewals a second node would fetch too.
+    origin.set(
+        "/blog/slow",
+        Spec {
+            delay: Duration::from_millis(4500),
+            ..Default::default()
+        },
+    );
+    let config =
+        cluster_config(&redis).replace("origin_timeout = \"2s\"", "origin_timeout = \"10s\"");
+    let a = Isr::start_with(&origin, &config).await;
+    let b = Isr::start_with(&origin, &config).await;
+    let first = tokio::spawn({
+        let url = a.url("/blog/slow");
+        async move { send("GET", &url, &[], "").await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let second = b.get("/blog/slow").await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(first.body, second.body);
+    assert_eq!(origin.count("/blog/slow"), 1);
+}
