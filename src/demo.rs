@@ -276,6 +276,7 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
             origin: Some(format!("http://{origin_addr}")),
             data_dir: Some(args.data_dir.clone()),
             redis: None,
+            debug_cache: false,
         },
     ) {
         Ok(c) => c,

@@ -67,6 +67,9 @@ struct ServeArgs {
     /// Redis URL of a store shared by several nodes, e.g. redis://127.0.0.1:6379/0.
     #[arg(long)]
     redis: Option<String>,
+    /// Log one line per request (key, state, age) and per origin fetch (status, duration).
+    #[arg(long, env = "ISR_DEBUG_CACHE")]
+    debug_cache: bool,
 }
 
 fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
@@ -151,6 +154,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         origin: args.origin,
         data_dir: args.data_dir,
         redis: args.redis,
+        debug_cache: args.debug_cache,
     };
     let cfg = match isr::config::load(config_file(args.config).as_deref(), &overrides) {
         Ok(c) => c,

@@ -43,6 +43,7 @@ fn entry(generated: u64, body: &str, tags: &[&str]) -> Arc<Entry> {
         hash: isr::entry::hash(body.as_bytes()),
         br: true,
         gzip: false,
+        bytes: 0,
     };
     let br = Some(Bytes::from(format!("br:{body}")));
     Arc::new(Entry::new(meta, Bytes::from(body.to_string()), br, None))

@@ -25,6 +25,7 @@ fn entry(body_len: usize) -> Arc<Entry> {
         hash: isr::entry::hash(&body),
         br: false,
         gzip: false,
+        bytes: 0,
     };
     Arc::new(Entry::new(meta, body, None, None))
 }

@@ -46,6 +46,7 @@ async fn main() {
             hash: isr::entry::hash(&body),
             br: false,
             gzip: false,
+            bytes: 0,
         };
         let entry = Arc::new(Entry::new(meta, body.clone(), None, None));
         let s = store.clone();

@@ -50,6 +50,14 @@ pub struct Config {
     pub api_path: Option<String>,
     /// The shared store, when several nodes share one cache (`[redis]` or `--redis`).
     pub redis: Option<RedisConfig>,
+    /// A private listener for metrics, the admin page, health and the API, served there
+    /// without the secret.
+    pub admin_listen: Option<SocketAddr>,
+    /// `[monitor] overdue_after` in ms: a page is overdue when its last successful
+    /// regeneration is older than its revalidate window plus this.
+    pub overdue_after: u64,
+    /// `--debug-cache` / `ISR_DEBUG_CACHE=1`: one log line per request and per origin fetch.
+    pub debug_cache: bool,
 }
 
 /// The `[redis]` table.
@@ -130,6 +138,15 @@ struct File {
     #[serde(default)]
     api: FileApi,
     redis: Option<FileRedis>,
+    admin_listen: Option<String>,
+    #[serde(default)]
+    monitor: FileMonitor,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileMonitor {
+    overdue_after: Option<DurationValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -284,6 +301,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--redis`
     pub redis: Option<String>,
+    /// `--debug-cache`
+    pub debug_cache: bool,
 }
 
 /// Reads and validates a config file (when given) and applies the overrides.
@@ -463,7 +482,20 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
             Some(RedisConfig { url, prefix })
         }
     };
+    let admin_listen = match &file.admin_listen {
+        Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+            locate.value_error("admin_listen", a, "expected an address such as 127.0.0.1:9091")
+        })?),
+        None => None,
+    };
+    let overdue_after = match &file.monitor.overdue_after {
+        Some(d) => at("overdue_after", d.ms())?,
+        None => 24 * 3_600_000,
+    };
     Ok(Config {
+        admin_listen,
+        overdue_after,
+        debug_cache: overrides.debug_cache,
         listen,
         origin,
         data_dir: overrides

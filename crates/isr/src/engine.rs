@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -18,6 +19,7 @@ use crate::body::Body;
 use crate::config::{Config, Window};
 use crate::entry::Entry;
 use crate::key;
+use crate::metrics::{Metrics, OriginError, RevalidationKind};
 use crate::origin::{self, FetchError, Fetched, Origin};
 use crate::policy::{self, Freshness, Mark};
 use crate::route::{Routes, Rules};
@@ -114,9 +116,24 @@ struct Flight {
     visitor_waiting: Arc<tokio::sync::Notify>,
 }
 
+/// The last overdue scan: how many pages were overdue, and the first of them.
+#[derive(Debug, Clone, Default)]
+pub struct Overdue {
+    /// Pages overdue.
+    pub count: u64,
+    /// The first [`OVERDUE_LISTED`] of them, in key order.
+    pub pages: Vec<(String, crate::entry::Meta)>,
+    /// When the scan finished (unix ms; 0 = none yet).
+    pub scanned_at: u64,
+}
+
+/// How many overdue pages a scan keeps for the admin page.
+pub const OVERDUE_LISTED: usize = 1000;
+
 struct Backoff {
     failures: u32,
     until: u64,
+    last_error: String,
 }
 
 /// An on-demand revalidation request, validated.
@@ -147,6 +164,9 @@ pub struct Engine {
     uncacheable: quick_cache::sync::Cache<String, u64>,
     regen_slots: Arc<Semaphore>,
     now: Now,
+    metrics: Metrics,
+    /// Pages found overdue by the last monitor scan (count, and the first few).
+    overdue: Mutex<Overdue>,
     /// The latest revalidation mark handed out; generation stamps are kept above the
     /// marks applied before them, so same-millisecond races resolve correctly.
     last_mark: AtomicU64,
@@ -186,7 +206,20 @@ impl Engine {
             store,
             cfg,
             now: Now::new(),
+            metrics: Metrics::default(),
+            overdue: Mutex::default(),
             last_mark: AtomicU64::new(last),
+        });
+        let weak = Arc::downgrade(&engine);
+        let every = Duration::from_millis(engine.cfg.overdue_after.clamp(1000, 60_000));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(engine) = weak.upgrade() else { return };
+                if let Err(e) = engine.scan_overdue().await {
+                    tracing::debug!(error = %e, "overdue scan failed");
+                }
+            }
         });
         if let Some(mut events) = events {
             let weak = Arc::downgrade(&engine);
@@ -229,6 +262,63 @@ impl Engine {
     /// The origin client.
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// The counters behind `/_isr/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The memory tier.
+    pub fn hot(&self) -> &HotTier {
+        &self.hot
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The last regeneration error of `key` and how many regenerations failed in a row,
+    /// while it is failing (forgotten once a regeneration succeeds).
+    pub fn last_error(&self, key: &str) -> Option<(String, u32)> {
+        let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.get(key).map(|b| (b.last_error.clone(), b.failures))
+    }
+
+    /// The last overdue scan.
+    pub fn overdue(&self) -> Overdue {
+        self.overdue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads every page's metadata, a thousand at a time, and counts the overdue ones
+    /// (run every `overdue_after`, at most every minute: about a second of one core per
+    /// million pages).
+    pub async fn scan_overdue(&self) -> Result<(), StoreError> {
+        let mut found = Overdue::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list("", after.as_deref(), 1000).await?;
+            let now = self.now();
+            for (key, meta) in &page {
+                if policy::is_overdue(&meta.timing(), now, self.cfg.overdue_after) {
+                    found.count += 1;
+                    if found.pages.len() < OVERDUE_LISTED {
+                        found.pages.push((key.clone(), meta.clone()));
+                    }
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == 1000 => after = Some(k.clone()),
+                _ => break,
+            }
+        }
+        found.scanned_at = self.now();
+        *self.overdue.lock().unwrap_or_else(|e| e.into_inner()) = found;
+        Ok(())
     }
 
     /// Unix ms, following tokio's clock.
@@ -437,14 +527,62 @@ impl Engine {
         Some(e)
     }
 
+    /// [`Engine::fetch_and_store`], counted in the metrics (and logged with
+    /// `--debug-cache`).
+    async fn produce(&self, key: &str, copy: Option<Window>) -> Outcome {
+        struct InFlight<'a>(&'a Metrics);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.in_flight(-1);
+            }
+        }
+        self.metrics.in_flight(1);
+        let _in_flight = InFlight(&self.metrics);
+        let started = tokio::time::Instant::now();
+        let outcome = self.fetch_and_store(key, copy).await;
+        let stored = matches!(outcome, Outcome::Stored(_));
+        if copy.is_some() {
+            self.metrics.regeneration(stored);
+        }
+        if self.cfg.debug_cache {
+            let status = match &outcome {
+                Outcome::Stored(e) => e.meta.status.to_string(),
+                Outcome::Failed(e) => e.status.as_u16().to_string(),
+                Outcome::Uncacheable(_) => "uncacheable".into(),
+            };
+            tracing::info!(
+                target: "isr::cache",
+                key,
+                fetch = if copy.is_some() { "regeneration" } else { "miss" },
+                origin_status = %status,
+                origin_ms = started.elapsed().as_millis() as u64,
+                stored,
+                "origin fetch"
+            );
+        }
+        outcome
+    }
+
     /// Fetches `key` from the origin and stores the result when it may be stored.
     /// `copy` is the revalidate window of the page being replaced, if there is one: a
     /// failure then keeps that page and backs off.
-    async fn produce(&self, key: &str, copy: Option<Window>) -> Outcome {
+    async fn fetch_and_store(&self, key: &str, copy: Option<Window>) -> Outcome {
         let rules = &self.routes.rules(key::path_of(key));
         let generated = self.now().max(self.last_mark.load(Ordering::SeqCst) + 1);
         let started = tokio::time::Instant::now();
         let fetched = self.origin.fetch(key).await;
+        match &fetched {
+            Ok(Fetched::Complete(parts, _)) => {
+                self.metrics.origin_fetch(started.elapsed());
+                if parts.status.is_server_error() {
+                    self.metrics.origin_error(OriginError::Status5xx);
+                }
+            }
+            Ok(Fetched::TooLarge(..)) => self.metrics.origin_error(OriginError::TooLarge),
+            Err(FetchError::Connect { .. }) => self.metrics.origin_error(OriginError::Connect),
+            Err(FetchError::Timeout { .. }) => self.metrics.origin_error(OriginError::Timeout),
+            Err(FetchError::Invalid { .. }) => self.metrics.origin_error(OriginError::Invalid),
+        }
         let failure = |why: String| {
             if let Some(window) = copy {
                 self.record_failure(key, window, &why);
@@ -584,8 +722,10 @@ impl Engine {
         let b = map.entry(key.to_string()).or_insert(Backoff {
             failures: 0,
             until: 0,
+            last_error: String::new(),
         });
         b.failures += 1;
+        b.last_error = why.to_string();
         b.until = now + policy::backoff_ms(b.failures, window);
         tracing::warn!(
             key,
@@ -616,6 +756,11 @@ impl Engine {
             .chain(r.pages.iter().map(|p| Target::Page(p)))
             .chain(r.layouts.iter().map(|p| Target::Layout(p)));
         for t in targets {
+            self.metrics.revalidation(match t {
+                Target::Tag(_) => RevalidationKind::Tag,
+                Target::Page(_) => RevalidationKind::Path,
+                Target::Layout(_) => RevalidationKind::Layout,
+            });
             self.clock.apply(t, mark);
             self.store.put_mark(&t.store_name(), mark).await?;
         }

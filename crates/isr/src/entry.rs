@@ -69,6 +69,9 @@ pub struct Meta {
     pub br: bool,
     /// See `br`.
     pub gzip: bool,
+    /// Bytes of all body variants together (set by [`Entry::new`]).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl Meta {
@@ -110,7 +113,17 @@ pub struct Entry {
 
 impl Entry {
     /// Assembles an entry from metadata and bodies (from a fetch or from the store).
-    pub fn new(meta: Meta, identity: Bytes, br: Option<Bytes>, gzip: Option<Bytes>) -> Entry {
+    pub fn new(
+        mut meta: Meta,
+        identity: Bytes,
+        br: Option<Bytes>,
+        gzip: Option<Bytes>,
+    ) -> Entry {
+        meta.bytes = [Some(&identity), br.as_ref(), gzip.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|b| b.len() as u64)
+            .sum();
         let headers = meta
             .headers
             .iter()
@@ -284,6 +297,7 @@ mod tests {
             hash: hash(body.as_bytes()),
             br: br.is_some(),
             gzip: gz.is_some(),
+            bytes: 0,
         };
         Entry::new(meta, Bytes::from(body.to_string()), br, gz)
     }

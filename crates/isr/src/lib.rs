@@ -39,6 +39,7 @@ pub mod engine;
 pub mod entry;
 pub mod front;
 pub mod key;
+pub mod metrics;
 pub mod origin;
 pub mod policy;
 pub mod route;

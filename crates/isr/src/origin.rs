@@ -417,6 +417,7 @@ pub fn build_entry(
         hash: entry::hash(&body),
         br: false,
         gzip: false,
+        bytes: 0,
     };
     Ok(Entry::new(meta, body, None, None))
 }

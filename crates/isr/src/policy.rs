@@ -151,6 +151,15 @@ pub fn resolve_timing(
     (default_revalidate, default_expire)
 }
 
+/// Whether a page is overdue: its last successful regeneration is older than its
+/// revalidate window plus `overdue_after` (pages revalidated only on demand never are).
+pub fn is_overdue(t: &Timing, now: u64, overdue_after: u64) -> bool {
+    match t.revalidate {
+        Some(window) => t.age(now) > window.saturating_add(overdue_after),
+        None => false,
+    }
+}
+
 /// Statuses that are stored (as Next.js and shared caches do).
 pub fn is_storable_status(status: u16) -> bool {
     matches!(

@@ -78,6 +78,7 @@ mod tests {
             hash: String::new(),
             br: false,
             gzip: false,
+            bytes: 0,
         };
         Arc::new(Entry::new(meta, Bytes::from(vec![b'x'; len]), None, None))
     }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{Store, StoreError, StoreFuture};
+use super::{Store, StoreError, StoreFuture, StoreStats};
 use crate::entry::{Entry, Meta};
 use crate::policy::Mark;
 
@@ -87,6 +87,38 @@ impl Store for MemoryStore {
                     .take_while(|(k, _)| k.starts_with(prefix))
                     .map(|(k, _)| k.clone())
                     .collect()
+            })
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Meta)>> {
+        use std::ops::Bound;
+        Box::pin(async move {
+            self.with(|i| {
+                let start = match after {
+                    Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+                    _ => Bound::Included(prefix.to_string()),
+                };
+                i.entries
+                    .range((start, Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .take(limit)
+                    .map(|(k, e)| (k.clone(), e.meta.clone()))
+                    .collect()
+            })
+        })
+    }
+
+    fn stats(&self) -> StoreFuture<'_, StoreStats> {
+        Box::pin(async move {
+            self.with(|i| StoreStats {
+                entries: i.entries.len() as u64,
+                bytes: i.entries.values().map(|e| e.meta.bytes).sum(),
             })
         })
     }

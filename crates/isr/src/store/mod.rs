@@ -34,6 +34,15 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Totals, for metrics and the admin page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Pages stored.
+    pub entries: u64,
+    /// Bytes the store takes (file size, or the memory Redis reports).
+    pub bytes: u64,
+}
+
 /// Whether this node may regenerate a page (cluster-wide single-flight).
 pub enum Lease {
     /// No other node shares this store: go ahead.
@@ -108,6 +117,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every key that starts with `prefix` (byte-wise), in key order.
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
+
+    /// Up to `limit` keys starting with `prefix` and sorting after `after` (when given),
+    /// in key order, with their metadata: one page of the admin listing, or of a scan.
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Meta)>>;
+
+    /// Totals.
+    fn stats(&self) -> StoreFuture<'_, StoreStats>;
 
     /// Records an on-demand revalidation mark (merged with any earlier one).
     fn put_mark<'a>(&'a self, name: &'a str, mark: Mark) -> StoreFuture<'a, ()>;

@@ -20,10 +20,10 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::{Store, StoreError, StoreFuture};
+use super::{Store, StoreError, StoreFuture, StoreStats};
 use crate::entry::{Encoding, Entry, Meta};
 use crate::policy::Mark;
 
@@ -42,6 +42,7 @@ const MAX_BATCH: usize = 512;
 
 /// The redb-backed store.
 pub struct RedbStore {
+    path: std::path::PathBuf,
     db: Arc<Database>,
     writer: mpsc::Sender<Write>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -107,6 +108,7 @@ impl RedbStore {
             .spawn(move || write_loop(&wdb, &queue))
             .map_err(err)?;
         Ok(RedbStore {
+            path,
             db,
             writer,
             thread: Some(thread),
@@ -357,6 +359,45 @@ impl Store for RedbStore {
         Box::pin(std::future::ready(r))
     }
 
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Meta)>> {
+        use std::ops::Bound;
+        let r = self.read(|txn| {
+            let meta = txn.open_table(META).map_err(err)?;
+            let start = match after {
+                Some(a) if a >= prefix => Bound::Excluded(a),
+                _ => Bound::Included(prefix),
+            };
+            let mut out = Vec::new();
+            for row in meta.range::<&str>((start, Bound::Unbounded)).map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let k = k.value();
+                if !k.starts_with(prefix) || out.len() == limit {
+                    break;
+                }
+                let m = Meta::from_bytes(v.value()).map_err(err)?;
+                out.push((k.to_string(), m));
+            }
+            Ok(out)
+        });
+        Box::pin(std::future::ready(r))
+    }
+
+    fn stats(&self) -> StoreFuture<'_, StoreStats> {
+        let r = self.read(|txn| {
+            let meta = txn.open_table(META).map_err(err)?;
+            Ok(StoreStats {
+                entries: meta.len().map_err(err)?,
+                bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            })
+        });
+        Box::pin(std::future::ready(r))
+    }
+
     fn put_mark<'a>(&'a self, name: &'a str, mark: Mark) -> StoreFuture<'a, ()> {
         let done = self.submit(Op::Mark {
             name: name.to_string(),
@@ -401,6 +442,7 @@ mod tests {
             hash: crate::entry::hash(body.as_bytes()),
             br: false,
             gzip: false,
+            bytes: 0,
         };
         Arc::new(Entry::new(meta, Bytes::from(body.to_string()), None, None))
     }

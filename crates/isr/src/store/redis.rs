@@ -30,7 +30,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Lease, LeaseGuard, Store, StoreError, StoreEvent, StoreFuture};
+use super::{Lease, LeaseGuard, Store, StoreError, StoreEvent, StoreFuture, StoreStats};
 use crate::entry::{Entry, Meta};
 use crate::policy::Mark;
 
@@ -302,6 +302,72 @@ impl Store for RedisStore {
                 })
                 .await?;
             Ok(keys)
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Meta)>> {
+        Box::pin(async move {
+            let s = &self.shared;
+            let mut con = s.con();
+            let min = match after {
+                Some(a) if a >= prefix => format!("({a}"),
+                _ => format!("[{prefix}"),
+            };
+            let mut max = format!("[{prefix}").into_bytes();
+            max.push(0xff);
+            let keys: Vec<String> = s
+                .call("list", async {
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(format!("{}:keys", s.prefix))
+                        .arg(&min)
+                        .arg(&max)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit)
+                        .query_async(&mut con)
+                        .await
+                })
+                .await?;
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.hget(s.key("e", k), "meta");
+            }
+            let metas: Vec<Option<Vec<u8>>> = s
+                .call("list", pipe.query_async(&mut con))
+                .await?;
+            Ok(keys
+                .into_iter()
+                .zip(metas)
+                .filter_map(|(k, m)| Some((k, Meta::from_bytes(&m?).ok()?)))
+                .collect())
+        })
+    }
+
+    fn stats(&self) -> StoreFuture<'_, StoreStats> {
+        Box::pin(async move {
+            let s = &self.shared;
+            let mut con = s.con();
+            let (entries, info): (u64, String) = s
+                .call("stats", async {
+                    redis::pipe()
+                        .zcard(format!("{}:keys", s.prefix))
+                        .cmd("INFO")
+                        .arg("memory")
+                        .query_async(&mut con)
+                        .await
+                })
+                .await?;
+            let bytes = info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            Ok(StoreStats { entries, bytes })
         })
     }
 
