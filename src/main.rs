@@ -42,6 +42,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Ask a running isr to revalidate paths or tags (secret from ISR_SECRET).
     Revalidate(client::RevalidateArgs),
+    /// Totals, fetches in flight and overdue pages of a running isr (secret from ISR_SECRET).
+    Status(client::StatusArgs),
     /// Validate a config file and print its routes.
     Check {
         /// Config file (default: ./isr.toml).
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Demo(args) => runtime().block_on(demo::run(args)),
         Command::Revalidate(args) => runtime().block_on(client::revalidate(args)),
+        Command::Status(args) => runtime().block_on(client::status(args)),
     }
 }
 

@@ -115,6 +115,12 @@ pub fn parse_request(
     if secrets.is_empty() || !authorized {
         return Err(ApiError::unauthorized());
     }
+    parse_body(body)
+}
+
+/// Validates a revalidation body whose sender needs no secret (the private
+/// `admin_listen` listener).
+pub fn parse_body(body: &[u8]) -> Result<Revalidation, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

@@ -484,7 +484,11 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
     };
     let admin_listen = match &file.admin_listen {
         Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
-            locate.value_error("admin_listen", a, "expected an address such as 127.0.0.1:9091")
+            locate.value_error(
+                "admin_listen",
+                a,
+                "expected an address such as 127.0.0.1:9091",
+            )
         })?),
         None => None,
     };

@@ -347,16 +347,16 @@ impl Engine {
     }
 
     /// The state of `entry` (stored under `key`) now.
-    pub fn freshness(&self, key: &str, entry: &Entry, now: u64) -> Freshness {
-        let mark = self.clock.mark_for(key::path_of(key), &entry.meta.tags);
-        policy::freshness(&entry.meta.timing(), mark, now)
+    pub fn freshness(&self, key: &str, meta: &crate::entry::Meta, now: u64) -> Freshness {
+        let mark = self.clock.mark_for(key::path_of(key), &meta.tags);
+        policy::freshness(&meta.timing(), mark, now)
     }
 
     /// Serves a cacheable `GET`/`HEAD` for `key`.
     pub async fn serve(self: &Arc<Self>, key: &str) -> Served {
         let now = self.now();
         let copy = match self.lookup(key).await {
-            Some(e) => match self.freshness(key, &e, now) {
+            Some(e) => match self.freshness(key, &e.meta, now) {
                 Freshness::Fresh => return Served::Hit(e),
                 Freshness::Stale => {
                     self.regenerate_in_background(key, e.meta.revalidate);
@@ -518,8 +518,7 @@ impl Engine {
     /// The stored page for `key` if it is fresh now (then also kept hot).
     async fn fresh_in_store(&self, key: &str) -> Option<Arc<Entry>> {
         let meta = self.store.get_meta(key).await.ok()??;
-        let probe = Entry::new(meta, Bytes::new(), None, None);
-        if self.freshness(key, &probe, self.now()) != Freshness::Fresh {
+        if self.freshness(key, &meta, self.now()) != Freshness::Fresh {
             return None;
         }
         let e = Arc::new(self.store.get(key).await.ok()??);

@@ -113,12 +113,7 @@ pub struct Entry {
 
 impl Entry {
     /// Assembles an entry from metadata and bodies (from a fetch or from the store).
-    pub fn new(
-        mut meta: Meta,
-        identity: Bytes,
-        br: Option<Bytes>,
-        gzip: Option<Bytes>,
-    ) -> Entry {
+    pub fn new(mut meta: Meta, identity: Bytes, br: Option<Bytes>, gzip: Option<Bytes>) -> Entry {
         meta.bytes = [Some(&identity), br.as_ref(), gzip.as_ref()]
             .into_iter()
             .flatten()

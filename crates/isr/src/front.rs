@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::admin;
 use crate::api::{self, ApiError, Secrets};
 use crate::body::Body;
 use crate::engine::{Engine, Outcome, Served};
@@ -39,14 +40,22 @@ pub enum CacheState {
 }
 
 impl CacheState {
+    /// Every state, in the order of [`crate::metrics::STATES`].
+    pub const ALL: [CacheState; 5] = [
+        CacheState::Hit,
+        CacheState::Stale,
+        CacheState::Miss,
+        CacheState::Revalidated,
+        CacheState::Bypass,
+    ];
+
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        crate::metrics::STATES[self as usize]
+    }
+
     fn header(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            CacheState::Hit => "HIT",
-            CacheState::Stale => "STALE",
-            CacheState::Miss => "MISS",
-            CacheState::Revalidated => "REVALIDATED",
-            CacheState::Bypass => "BYPASS",
-        })
+        HeaderValue::from_static(self.as_str())
     }
 }
 
@@ -56,6 +65,7 @@ const X_ISR_CACHE: &str = "x-isr-cache";
 pub struct Front {
     engine: Arc<Engine>,
     secrets: Secrets,
+    sessions: admin::Sessions,
 }
 
 impl Front {
@@ -67,14 +77,20 @@ impl Front {
                 "no revalidation secret is set: the revalidation API answers 401 to everything"
             );
         }
-        Arc::new(Front { engine, secrets })
+        Arc::new(Front {
+            engine,
+            secrets,
+            sessions: admin::Sessions::default(),
+        })
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then lets requests in
-    /// flight finish for up to `grace` before returning.
+    /// flight finish for up to `grace` before returning. A `trusted` listener (the private
+    /// `admin_listen`) serves only the `/_isr/` routes and the API alias, without the secret.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        trusted: bool,
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) {
@@ -98,7 +114,7 @@ impl Front {
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let front = front.clone();
-                    async move { Ok::<_, Infallible>(front.handle(req, remote).await) }
+                    async move { Ok::<_, Infallible>(front.handle(req, remote, trusted).await) }
                 });
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new())
@@ -120,14 +136,71 @@ impl Front {
         }
     }
 
-    /// Answers one request.
-    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    /// Answers one request, counting it by cache state (and logging it with
+    /// `--debug-cache`).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        trusted: bool,
+    ) -> Response<Body> {
+        let debug = self.engine.config().debug_cache.then(|| {
+            let key = key::normalize(
+                req.uri().path(),
+                req.uri().query(),
+                &self.engine.config().cache.ignore_query,
+            );
+            (req.method().clone(), key, tokio::time::Instant::now())
+        });
+        let res = self.answer(req, remote, trusted).await;
+        let state = res.headers().get(X_ISR_CACHE).map(HeaderValue::as_bytes);
+        if let Some(i) = state.and_then(|s| {
+            CacheState::ALL
+                .iter()
+                .position(|c| c.as_str().as_bytes() == s)
+        }) {
+            self.engine.metrics().request(i);
+        }
+        if let Some((method, key, started)) = debug {
+            let header = |n: &str| {
+                res.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            tracing::info!(
+                target: "isr::cache",
+                %method,
+                key,
+                state = %header(X_ISR_CACHE),
+                age = %header("age"),
+                status = res.status().as_u16(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        res
+    }
+
+    async fn answer(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        trusted: bool,
+    ) -> Response<Body> {
         let path = req.uri().path();
         if path.starts_with("/_isr/") {
-            return self.isr_route(req).await;
+            return self.isr_route(req, trusted).await;
         }
         if self.engine.config().api_path.as_deref() == Some(path) {
-            return self.revalidate_api(req).await;
+            return self.revalidate_api(req, trusted).await;
+        }
+        if trusted {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "the admin listener serves only /_isr/ routes\n",
+            );
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return self.proxy(req, remote).await;
@@ -199,7 +272,7 @@ impl Front {
         let freshness = match state {
             CacheState::Hit => Freshness::Fresh,
             CacheState::Stale => Freshness::Stale,
-            _ => self.engine.freshness(key, e, now),
+            _ => self.engine.freshness(key, &e.meta, now),
         };
         let timing = e.meta.timing();
         let (encoding, body) = e.body_for(req.headers().get(header::ACCEPT_ENCODING));
@@ -272,11 +345,39 @@ impl Front {
         }
     }
 
-    async fn isr_route(&self, req: Request<Incoming>) -> Response<Body> {
-        match req.uri().path() {
-            "/_isr/revalidate" => self.revalidate_api(req).await,
-            "/_isr/health" => plain(StatusCode::OK, "ok"),
-            other => json(
+    async fn isr_route(&self, req: Request<Incoming>, trusted: bool) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (_, "/_isr/revalidate") => self.revalidate_api(req, trusted).await,
+            (_, "/_isr/health") => plain(StatusCode::OK, "ok"),
+            (&Method::GET, "/_isr/metrics") => match self.auth(&req, trusted) {
+                Some(_) => self.metrics().await,
+                None => unauthorized("metrics need the secret: Authorization: Bearer <secret>"),
+            },
+            (&Method::GET, "/_isr/admin") => {
+                let Some(auth) = self.auth(&req, trusted) else {
+                    return html(StatusCode::UNAUTHORIZED, admin::login_page(None));
+                };
+                let q = admin::Query::parse(req.uri().query());
+                match admin::page(&self.engine, &q, &auth.csrf).await {
+                    Ok(page) => html(StatusCode::OK, page),
+                    Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+                }
+            }
+            (&Method::GET, "/_isr/admin/status.json") => match self.auth(&req, trusted) {
+                Some(_) => match admin::status(&self.engine, 100).await {
+                    Ok(st) => json(
+                        StatusCode::OK,
+                        &serde_json::to_string(&st).unwrap_or_default(),
+                    ),
+                    Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+                },
+                None => unauthorized("the status needs the secret: Authorization: Bearer <secret>"),
+            },
+            (&Method::POST, "/_isr/admin/login") => self.login(req).await,
+            (&Method::POST, "/_isr/admin/logout" | "/_isr/admin/revalidate") => {
+                self.admin_post(req, trusted).await
+            }
+            (_, other) => json(
                 StatusCode::NOT_FOUND,
                 &ApiError {
                     status: StatusCode::NOT_FOUND,
@@ -287,8 +388,141 @@ impl Front {
         }
     }
 
-    async fn revalidate_api(&self, req: Request<Incoming>) -> Response<Body> {
-        match self.revalidate_inner(req).await {
+    async fn metrics(&self) -> Response<Body> {
+        let stats = self.engine.store().stats().await.unwrap_or_default();
+        let gauges = crate::metrics::Gauges {
+            entries: stats.entries,
+            store_bytes: stats.bytes,
+            memory_tier_bytes: self.engine.hot().bytes(),
+            pages_overdue: self.engine.overdue().count,
+        };
+        let mut res = plain(StatusCode::OK, &self.engine.metrics().render(&gauges));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        res
+    }
+
+    /// Who may use the admin routes: the private listener, the secret as a bearer token,
+    /// or a login session (whose CSRF token guards its forms).
+    fn auth(&self, req: &Request<Incoming>, trusted: bool) -> Option<Auth> {
+        if trusted {
+            return Some(Auth::default());
+        }
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if bearer.is_some_and(|s| self.secrets.accepts(s.trim().as_bytes())) {
+            return Some(Auth::default());
+        }
+        let token = session_cookie(req.headers())?;
+        let csrf = self.sessions.csrf(&token, self.engine.now())?;
+        Some(Auth {
+            session: Some(token),
+            csrf,
+        })
+    }
+
+    async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+        let Ok(form) = form_body(req).await else {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n");
+        };
+        let secret = form
+            .iter()
+            .find(|(k, _)| k == "secret")
+            .map(|(_, v)| v.as_str());
+        if !secret.is_some_and(|s| self.secrets.accepts(s.as_bytes())) {
+            tracing::warn!("admin login with a wrong secret");
+            return html(
+                StatusCode::UNAUTHORIZED,
+                admin::login_page(Some("Wrong secret.")),
+            );
+        }
+        let token = self.sessions.open(self.engine.now());
+        let mut res = redirect("/_isr/admin");
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{}={token}; HttpOnly; SameSite=Strict; Path=/_isr/; Max-Age=43200",
+            admin::COOKIE
+        )) {
+            res.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        res
+    }
+
+    /// The admin page's forms: logout and revalidate. A session must send its CSRF token;
+    /// a request from another site's page is refused by its `Origin` as well.
+    async fn admin_post(&self, req: Request<Incoming>, trusted: bool) -> Response<Body> {
+        if cross_site(req.headers()) {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "cross-site form submission refused\n",
+            );
+        }
+        let Some(auth) = self.auth(&req, trusted) else {
+            return unauthorized("log in first");
+        };
+        let logout = req.uri().path() == "/_isr/admin/logout";
+        let Ok(form) = form_body(req).await else {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n");
+        };
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        if auth.session.is_some()
+            && !bool::from(subtle::ConstantTimeEq::ct_eq(
+                field("csrf").as_bytes(),
+                auth.csrf.as_bytes(),
+            ))
+        {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "stale or missing form token: reload the admin page\n",
+            );
+        }
+        if logout {
+            if let Some(t) = &auth.session {
+                self.sessions.close(t);
+            }
+            let mut res = redirect("/_isr/admin");
+            res.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_static(
+                    "isr_admin=; HttpOnly; SameSite=Strict; Path=/_isr/; Max-Age=0",
+                ),
+            );
+            return res;
+        }
+        let value = field("value").to_string();
+        let mut r = crate::engine::Revalidation::default();
+        match field("type") {
+            "page" if value.starts_with('/') => r.pages.push(value.clone()),
+            "layout" if value.starts_with('/') => r.layouts.push(value.clone()),
+            "tag" if !value.is_empty() => r.tags.push(value.clone()),
+            _ => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "type must be page, layout or tag, with a value (paths start with /)\n",
+                )
+            }
+        }
+        let done = match self.engine.revalidate(&r).await {
+            Ok(_) => format!("Revalidated {} {value}.", field("type")),
+            Err(e) => format!("Could not revalidate {value}: {e}"),
+        };
+        let back = Some(field("back"))
+            .filter(|b| b.starts_with("/_isr/admin"))
+            .unwrap_or("/_isr/admin");
+        let sep = if back.contains('?') { '&' } else { '?' };
+        redirect(&format!("{back}{sep}done={}", admin::url_encode(&done)))
+    }
+
+    async fn revalidate_api(&self, req: Request<Incoming>, trusted: bool) -> Response<Body> {
+        match self.revalidate_inner(req, trusted).await {
             Ok(now) => json(
                 StatusCode::OK,
                 &serde_json::json!({ "revalidated": true, "now": now }).to_string(),
@@ -297,7 +531,11 @@ impl Front {
         }
     }
 
-    async fn revalidate_inner(&self, req: Request<Incoming>) -> Result<u64, ApiError> {
+    async fn revalidate_inner(
+        &self,
+        req: Request<Incoming>,
+        trusted: bool,
+    ) -> Result<u64, ApiError> {
         if req.method() != Method::POST {
             return Err(ApiError {
                 status: StatusCode::METHOD_NOT_ALLOWED,
@@ -332,17 +570,101 @@ impl Front {
             .await
             .map_err(|_| too_large())?
             .to_bytes();
-        let r = api::parse_request(
-            &self.secrets,
-            bearer.as_deref(),
-            query_secret.as_deref(),
-            &body,
-        )?;
+        let r = if trusted {
+            api::parse_body(&body)?
+        } else {
+            api::parse_request(
+                &self.secrets,
+                bearer.as_deref(),
+                query_secret.as_deref(),
+                &body,
+            )?
+        };
         self.engine.revalidate(&r).await.map_err(|e| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("could not record the revalidation: {e}"),
         })
     }
+}
+
+/// How an admin request was let in.
+#[derive(Default)]
+struct Auth {
+    /// The login session, if that is how.
+    session: Option<String>,
+    /// Its CSRF token (empty without a session).
+    csrf: String,
+}
+
+fn session_cookie(h: &HeaderMap) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(n, _)| *n == admin::COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A form posted from a page of another site (its `Origin` names another host).
+fn cross_site(h: &HeaderMap) -> bool {
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    match h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None | Some("null") => false,
+        Some(origin) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+            host != Some(origin_host)
+        }
+    }
+}
+
+/// A form body (at most 16 KiB) as decoded pairs.
+async fn form_body(req: Request<Incoming>) -> Result<Vec<(String, String)>, ()> {
+    let body = Limited::new(req.into_body(), 16 * 1024)
+        .collect()
+        .await
+        .map_err(|_| ())?
+        .to_bytes();
+    Ok(admin::form_pairs(&String::from_utf8_lossy(&body)))
+}
+
+fn redirect(to: &str) -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+fn unauthorized(message: &str) -> Response<Body> {
+    let mut res = json(
+        StatusCode::UNAUTHORIZED,
+        &ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+        }
+        .body(),
+    );
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut res = Response::new(Body::full(page));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    res
 }
 
 fn has_bypass_cookie(h: &HeaderMap, names: &[String]) -> bool {

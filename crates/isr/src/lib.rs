@@ -32,6 +32,7 @@
 //!   revalidation API's parsing.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod body;
 pub mod config;
@@ -74,6 +75,7 @@ pub enum StartError {
 pub struct Server {
     front: Arc<front::Front>,
     listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
 }
 
 impl Server {
@@ -90,10 +92,19 @@ impl Server {
                 addr: cfg.listen,
                 source,
             })?;
+        let admin = match cfg.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let engine = Engine::new(cfg, store).await?;
         Ok(Server {
             front: front::Front::new(engine, secrets),
             listener,
+            admin,
         })
     }
 
@@ -107,7 +118,33 @@ impl Server {
     /// Serves until `shutdown` completes, then lets requests in flight finish (at most
     /// [`Server::GRACE`]). Pages already stored are durable whenever the process stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        self.front.serve(self.listener, shutdown, Self::GRACE).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let when_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let admin = self.admin.map(|listener| {
+            tokio::spawn(self.front.clone().serve(
+                listener,
+                true,
+                when_stopped(stopped.clone()),
+                Self::GRACE,
+            ))
+        });
+        let main = self
+            .front
+            .serve(self.listener, false, when_stopped(stopped), Self::GRACE);
+        tokio::pin!(main);
+        tokio::select! {
+            () = shutdown => {
+                let _ = stop.send(true);
+                main.await;
+            }
+            () = &mut main => {}
+        }
+        let _ = stop.send(true);
+        if let Some(a) = admin {
+            let _ = a.await;
+        }
     }
 
     /// How long requests in flight may take to finish after a shutdown signal.

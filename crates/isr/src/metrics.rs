@@ -128,7 +128,12 @@ impl Metrics {
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        family(&mut out, "isr_requests_total", "counter", "Requests answered, by cache state.");
+        family(
+            &mut out,
+            "isr_requests_total",
+            "counter",
+            "Requests answered, by cache state.",
+        );
         for (label, c) in STATES.iter().zip(&self.requests) {
             let _ = writeln!(out, "isr_requests_total{{state=\"{label}\"}} {}", load(c));
         }
@@ -141,28 +146,74 @@ impl Metrics {
         let mut cumulative = 0;
         for (bound, c) in BUCKETS.iter().zip(&self.fetch_buckets) {
             cumulative += load(c);
-            let _ = writeln!(out, "isr_origin_fetch_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "isr_origin_fetch_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = load(&self.fetch_count);
-        let _ = writeln!(out, "isr_origin_fetch_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "isr_origin_fetch_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             out,
             "isr_origin_fetch_seconds_sum {}",
             load(&self.fetch_micros) as f64 / 1e6
         );
         let _ = writeln!(out, "isr_origin_fetch_seconds_count {count}");
-        family(&mut out, "isr_origin_errors_total", "counter", "Failed origin fetches for the cache, by kind.");
+        family(
+            &mut out,
+            "isr_origin_errors_total",
+            "counter",
+            "Failed origin fetches for the cache, by kind.",
+        );
         for (label, c) in ORIGIN_ERRORS.iter().zip(&self.origin_errors) {
-            let _ = writeln!(out, "isr_origin_errors_total{{kind=\"{label}\"}} {}", load(c));
+            let _ = writeln!(
+                out,
+                "isr_origin_errors_total{{kind=\"{label}\"}} {}",
+                load(c)
+            );
         }
-        family(&mut out, "isr_regenerations_total", "counter", "Regenerations of stored pages, by result.");
-        let _ = writeln!(out, "isr_regenerations_total{{result=\"ok\"}} {}", load(&self.regenerations_ok));
-        let _ = writeln!(out, "isr_regenerations_total{{result=\"failed\"}} {}", load(&self.regenerations_failed));
-        family(&mut out, "isr_regenerations_in_flight", "gauge", "Origin fetches for the cache running now (misses and regenerations).");
-        let _ = writeln!(out, "isr_regenerations_in_flight {}", self.in_flight_now().max(0));
-        family(&mut out, "isr_revalidations_total", "counter", "On-demand revalidation targets, by kind.");
+        family(
+            &mut out,
+            "isr_regenerations_total",
+            "counter",
+            "Regenerations of stored pages, by result.",
+        );
+        let _ = writeln!(
+            out,
+            "isr_regenerations_total{{result=\"ok\"}} {}",
+            load(&self.regenerations_ok)
+        );
+        let _ = writeln!(
+            out,
+            "isr_regenerations_total{{result=\"failed\"}} {}",
+            load(&self.regenerations_failed)
+        );
+        family(
+            &mut out,
+            "isr_regenerations_in_flight",
+            "gauge",
+            "Origin fetches for the cache running now (misses and regenerations).",
+        );
+        let _ = writeln!(
+            out,
+            "isr_regenerations_in_flight {}",
+            self.in_flight_now().max(0)
+        );
+        family(
+            &mut out,
+            "isr_revalidations_total",
+            "counter",
+            "On-demand revalidation targets, by kind.",
+        );
         for (label, c) in REVALIDATION_KINDS.iter().zip(&self.revalidations) {
-            let _ = writeln!(out, "isr_revalidations_total{{kind=\"{label}\"}} {}", load(c));
+            let _ = writeln!(
+                out,
+                "isr_revalidations_total{{kind=\"{label}\"}} {}",
+                load(c)
+            );
         }
         for (name, help, v) in [
             ("isr_entries", "Pages in the store.", g.entries),
@@ -211,12 +262,27 @@ mod tests {
         });
         assert_eq!(value(&text, "isr_requests_total{state=\"HIT\"}"), 2.0);
         assert_eq!(value(&text, "isr_requests_total{state=\"MISS\"}"), 1.0);
-        assert_eq!(value(&text, "isr_origin_fetch_seconds_bucket{le=\"0.025\"}"), 0.0);
-        assert_eq!(value(&text, "isr_origin_fetch_seconds_bucket{le=\"0.05\"}"), 1.0);
-        assert_eq!(value(&text, "isr_origin_fetch_seconds_bucket{le=\"30\"}"), 1.0);
-        assert_eq!(value(&text, "isr_origin_fetch_seconds_bucket{le=\"+Inf\"}"), 2.0);
+        assert_eq!(
+            value(&text, "isr_origin_fetch_seconds_bucket{le=\"0.025\"}"),
+            0.0
+        );
+        assert_eq!(
+            value(&text, "isr_origin_fetch_seconds_bucket{le=\"0.05\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "isr_origin_fetch_seconds_bucket{le=\"30\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "isr_origin_fetch_seconds_bucket{le=\"+Inf\"}"),
+            2.0
+        );
         assert_eq!(value(&text, "isr_origin_fetch_seconds_count"), 2.0);
-        assert_eq!(value(&text, "isr_origin_errors_total{kind=\"timeout\"}"), 1.0);
+        assert_eq!(
+            value(&text, "isr_origin_errors_total{kind=\"timeout\"}"),
+            1.0
+        );
         assert_eq!(value(&text, "isr_regenerations_total{result=\"ok\"}"), 1.0);
         assert_eq!(value(&text, "isr_revalidations_total{kind=\"tag\"}"), 1.0);
         assert_eq!(value(&text, "isr_entries"), 7.0);

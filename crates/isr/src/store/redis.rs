@@ -337,9 +337,7 @@ impl Store for RedisStore {
             for k in &keys {
                 pipe.hget(s.key("e", k), "meta");
             }
-            let metas: Vec<Option<Vec<u8>>> = s
-                .call("list", pipe.query_async(&mut con))
-                .await?;
+            let metas: Vec<Option<Vec<u8>>> = s.call("list", pipe.query_async(&mut con)).await?;
             Ok(keys
                 .into_iter()
                 .zip(metas)
