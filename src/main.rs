@@ -70,7 +70,7 @@ struct ServeArgs {
     #[arg(long)]
     redis: Option<String>,
     /// Log one line per request (key, state, age) and per origin fetch (status, duration).
-    #[arg(long, env = "ISR_DEBUG_CACHE")]
+    #[arg(long, env = "ISR_DEBUG_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     debug_cache: bool,
 }
 
@@ -81,9 +81,13 @@ fn config_file(given: Option<PathBuf>) -> Option<PathBuf> {
     })
 }
 
-fn init_logs(format: LogFormat) {
+fn init_logs(format: LogFormat, debug_cache: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ISR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_env("ISR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if debug_cache {
+        // The per-request lines are asked for explicitly: shown whatever ISR_LOG says.
+        filter = filter.add_directive("isr::cache=info".parse().expect("valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -97,7 +101,8 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    let debug_cache = matches!(&cli.command, Command::Serve(a) if a.debug_cache);
+    init_logs(cli.log_format, debug_cache);
     match cli.command {
         Command::Check { config } => check(config),
         Command::Serve(args) => serve(args),

@@ -177,7 +177,7 @@ match = "/api/{*rest}"
 cache = false
 "#;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -203,6 +203,32 @@ impl Isr {
 
     /// Starts isr on an existing data directory and config (a restart).
     pub async fn spawn(origin: &Origin, data_dir: &Path, config: &Path) -> Isr {
+        Isr::spawn_opts(origin, data_dir, config, &[], None).await
+    }
+
+    /// Like [`Isr::start_with`], with extra environment variables and stderr sent to a file.
+    pub async fn start_opts(
+        origin: &Origin,
+        config: &str,
+        env: &[(&str, &str)],
+        stderr: Option<&Path>,
+    ) -> Isr {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let config_path = dir.path().join("isr.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut isr = Isr::spawn_opts(origin, &data_dir, &config_path, env, stderr).await;
+        isr._dir = Some(dir);
+        isr
+    }
+
+    async fn spawn_opts(
+        origin: &Origin,
+        data_dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        stderr: Option<&Path>,
+    ) -> Isr {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_isr"))
@@ -218,8 +244,12 @@ impl Isr {
             .arg(data_dir)
             .env("ISR_SECRET", format!("old-secret,{SECRET}"))
             .env("ISR_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(match stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start isr");
         let isr = Isr {
