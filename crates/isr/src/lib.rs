@@ -28,6 +28,8 @@
 //!   visitor data, proxying bypassed requests, and turning responses into
 //!   [`entry::Entry`] values with Brotli and gzip variants.
 //! - [`front`]: the HTTP server, the `/_isr/` routes and response headers.
+//! - [`admin`]: the admin page (server-rendered HTML, login sessions, CSRF tokens) and the
+//!   status JSON; [`metrics`]: the counters behind `/_isr/metrics`.
 //! - [`config`], [`key`], [`route`], [`api`]: configuration, cache keys, routes and the
 //!   revalidation API's parsing.
 #![deny(missing_docs)]
