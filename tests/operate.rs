@@ -263,6 +263,25 @@ async fn admin_listing_is_paginated() {
         .text();
     assert_eq!(second.matches("<tr data-key=").count(), 10);
     assert!(second.contains("data-key=\"/blog/p50\"") && !second.contains("id=next"));
+    // By tag too (every /blog/ page carries `posts`).
+    let by_tag = |q: &'static str| {
+        let cookie = cookie.clone();
+        let isr = &isr;
+        async move {
+            isr.request("GET", q, &[("cookie", &cookie)], "")
+                .await
+                .unwrap()
+                .text()
+        }
+    };
+    let first = by_tag("/_isr/admin?tag=posts").await;
+    assert_eq!(first.matches("<tr data-key=").count(), 50);
+    assert!(
+        first.contains("href=\"/_isr/admin?tag=posts&amp;after=/blog/p49\""),
+        "{first}"
+    );
+    let second = by_tag("/_isr/admin?tag=posts&after=/blog/p49").await;
+    assert_eq!(second.matches("<tr data-key=").count(), 10);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -411,13 +411,12 @@ async fn rows(engine: &Engine, q: &Query) -> Result<(Vec<Row>, Option<String>), 
             .map(|(key, meta)| Row { key, meta })
             .collect()
     } else if !q.tag.is_empty() {
-        let keys = engine.store().keys_with_tag(&q.tag).await?;
+        let keys = engine
+            .store()
+            .keys_with_tag_after(&q.tag, after, PAGE_ROWS + 1)
+            .await?;
         let mut out = Vec::new();
-        for key in keys
-            .into_iter()
-            .filter(|k| after.is_none_or(|a| k.as_str() > a))
-            .take(PAGE_ROWS + 1)
-        {
+        for key in keys {
             if let Some(meta) = engine.store().get_meta(&key).await? {
                 out.push(Row { key, meta });
             }

@@ -300,8 +300,10 @@ impl Engine {
     pub async fn scan_overdue(&self) -> Result<(), StoreError> {
         let mut found = Overdue::default();
         let mut after: Option<String> = None;
+        let (started, mut pages) = (tokio::time::Instant::now(), 0u64);
         loop {
             let page = self.store.list("", after.as_deref(), 1000).await?;
+            pages += page.len() as u64;
             let now = self.now();
             for (key, meta) in &page {
                 if policy::is_overdue(&meta.timing(), now, self.cfg.overdue_after) {
@@ -317,6 +319,12 @@ impl Engine {
             }
         }
         found.scanned_at = self.now();
+        tracing::debug!(
+            pages,
+            overdue = found.count,
+            ms = started.elapsed().as_millis() as u64,
+            "overdue scan"
+        );
         *self.overdue.lock().unwrap_or_else(|e| e.into_inner()) = found;
         Ok(())
     }

@@ -115,6 +115,25 @@ pub trait Store: Send + Sync + 'static {
     /// Every key carrying `tag`.
     fn keys_with_tag<'a>(&'a self, tag: &'a str) -> StoreFuture<'a, Vec<String>>;
 
+    /// Up to `limit` keys carrying `tag` that sort after `after` (when given), in key
+    /// order: one page of the admin listing by tag.
+    fn keys_with_tag_after<'a>(
+        &'a self,
+        tag: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut keys = self.keys_with_tag(tag).await?;
+            keys.sort();
+            Ok(keys
+                .into_iter()
+                .filter(|k| after.is_none_or(|a| k.as_str() > a))
+                .take(limit)
+                .collect())
+        })
+    }
+
     /// Every key that starts with `prefix` (byte-wise), in key order.
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>>;
 

@@ -342,6 +342,30 @@ impl Store for RedbStore {
         Box::pin(std::future::ready(r))
     }
 
+    fn keys_with_tag_after<'a>(
+        &'a self,
+        tag: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<String>> {
+        let r = self.read(|txn| {
+            let tags = txn.open_table(TAGS).map_err(err)?;
+            let mut keys = Vec::new();
+            for row in tags.range((tag, after.unwrap_or(""))..).map_err(err)? {
+                let (k, _) = row.map_err(err)?;
+                let (t, key) = k.value();
+                if t != tag || keys.len() == limit {
+                    break;
+                }
+                if Some(key) != after {
+                    keys.push(key.to_string());
+                }
+            }
+            Ok(keys)
+        });
+        Box::pin(std::future::ready(r))
+    }
+
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
         let r = self.read(|txn| {
             let meta = txn.open_table(META).map_err(err)?;
