@@ -746,4 +746,19 @@ revalidate = false
                 .unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (4, "prefix"), "{e}");
     }
+
+    #[test]
+    fn admin_listen_and_monitor() {
+        let c = cfg("origin = \"http://a:1\"\nadmin_listen = \"127.0.0.1:9091\"\n[monitor]\noverdue_after = \"2h\"\n").unwrap();
+        assert_eq!(c.admin_listen.unwrap().port(), 9091);
+        assert_eq!(c.overdue_after, 7_200_000);
+        assert_eq!(
+            cfg("origin = \"http://a:1\"").unwrap().overdue_after,
+            86_400_000
+        );
+        let e = cfg("origin = \"http://a:1\"\nadmin_listen = \"localhost\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "admin_listen"), "{e}");
+        let e = cfg("origin = \"http://a:1\"\n[monitor]\noverdue_after = \"often\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "overdue_after"), "{e}");
+    }
 }
