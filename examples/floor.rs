@@ -15,8 +15,17 @@ use tokio::net::TcpStream;
 
 const SIZE: usize = 16 * 1024;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
+    // FLOOR_RUNTIME=multi: the multi-thread scheduler isr runs on (one worker when pinned).
+    let mut rt = if std::env::var("FLOOR_RUNTIME").as_deref() == Ok("multi") {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    rt.enable_all().build().expect("runtime").block_on(run());
+}
+
+async fn run() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "sendfile".into());
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:19201".into());

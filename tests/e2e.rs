@@ -1078,3 +1078,150 @@ fn an_unusable_data_dir_or_a_busy_port_exits_2_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
 }
+
+/// Raw HTTP/1.1 on one connection: writes `requests` at once, reads until `responses`
+/// complete responses arrived (bodies read by their content-length).
+async fn raw(isr: &Isr, requests: &str, responses: usize) -> Vec<(String, String)> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(isr.addr).await.unwrap();
+    s.write_all(requests.as_bytes()).await.unwrap();
+    read_responses(&mut s, responses).await
+}
+
+async fn read_responses(s: &mut tokio::net::TcpStream, responses: usize) -> Vec<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < responses {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed after {} responses", out.len());
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len = if head.starts_with("http/1.1 304") {
+                0
+            } else {
+                head.lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap())
+            };
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            buf.drain(..end + 4 + len);
+            out.push((head, body));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_serves_hits_then_a_miss_then_hits_again() {
+    let origin = Origin::start().await;
+    let isr = Isr::start(&origin).await;
+    isr.get("/blog/one").await.unwrap();
+    // Two hits (the hit lane), a miss (handed to hyper), a hit, on one connection,
+    // pipelined in one write.
+    let r = raw(
+        &isr,
+        "GET /blog/one HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/one?utm_source=y HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n\
+         GET /blog/two HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/one HTTP/1.1\r\nHost: x\r\n\r\n",
+        4,
+    )
+    .await;
+    let states: Vec<&str> = r
+        .iter()
+        .map(|(h, _)| {
+            h.lines()
+                .find_map(|l| l.strip_prefix("x-isr-cache: "))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(states, ["hit", "hit", "miss", "hit"]);
+    assert!(r[0].1.contains("page /blog/one v1"));
+    assert!(r[1].0.contains("content-encoding: gzip") && r[1].0.contains("vary: accept-encoding"));
+    assert!(r[2].1.contains("page /blog/two v1"));
+    assert!(r[3].1.contains("page /blog/one v1"));
+    for (h, _) in &r {
+        assert!(h.starts_with("http/1.1 200 ok"), "{h}");
+        for name in [
+            "age: ",
+            "etag: ",
+            "cache-control: public",
+            "date: ",
+            "content-type: ",
+        ] {
+            assert!(h.contains(name), "{name} missing in {h}");
+        }
+    }
+    assert_eq!(origin.count("/blog/one"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hits_answer_head_requests_split_heads_and_conditional_requests() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let isr = Isr::start(&origin).await;
+    let first = isr.get("/blog/h").await.unwrap();
+    let etag = first.header("etag").to_string();
+    let mut s = tokio::net::TcpStream::connect(isr.addr).await.unwrap();
+    // A head that arrives in pieces.
+    s.write_all(b"GET /blog/h HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"st: x\r\n\r\n").await.unwrap();
+    let r = read_responses(&mut s, 1).await;
+    assert!(r[0].0.contains("x-isr-cache: hit") && r[0].1.contains("page /blog/h v1"));
+    // HEAD: the headers of the GET and no body: the next response follows at once.
+    s.write_all(b"HEAD /blog/h HTTP/1.1\r\nHost: x\r\n\r\nGET /blog/h HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut both = Vec::new();
+    while both.windows(8).filter(|w| w == b"HTTP/1.1").count() < 2 || !both.ends_with(b"</html>") {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("both responses in time")
+            .unwrap();
+        assert!(n > 0);
+        both.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&both);
+    let (head_response, get_response) = text[8..].split_once("HTTP/1.1").unwrap();
+    assert!(head_response.contains("content-length: ") && head_response.ends_with("\r\n\r\n"));
+    assert!(get_response.contains("page /blog/h v1"));
+    // If-None-Match still gets its 304.
+    let r = isr
+        .request("GET", "/blog/h", &[("if-none-match", &etag)], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 304);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let mut isr = Isr::start(&origin).await;
+    isr.get("/blog/idle").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(isr.addr).await.unwrap();
+    s.write_all(b"GET /blog/idle HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_responses(&mut s, 1).await;
+    let started = std::time::Instant::now();
+    let code = tokio::task::block_in_place(|| isr.terminate());
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "an idle connection held shutdown for {:?}",
+        started.elapsed()
+    );
+}

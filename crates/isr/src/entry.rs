@@ -145,7 +145,12 @@ impl Entry {
 
     /// The body and encoding to send for an `Accept-Encoding` header.
     pub fn body_for(&self, accept: Option<&HeaderValue>) -> (Encoding, &Bytes) {
-        let accepted = |name| accept.is_some_and(|a| accepts(a.as_bytes(), name));
+        self.body_for_bytes(accept.map(HeaderValue::as_bytes))
+    }
+
+    /// [`Entry::body_for`] with the header's raw bytes.
+    pub fn body_for_bytes(&self, accept: Option<&[u8]>) -> (Encoding, &Bytes) {
+        let accepted = |name| accept.is_some_and(|a| accepts(a, name));
         match (&self.br, &self.gzip) {
             (Some(b), _) if accepted("br") => (Encoding::Br, b),
             (_, Some(g)) if accepted("gzip") => (Encoding::Gzip, g),

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 
 use crate::admin;
 use crate::api::{self, ApiError, Secrets};
+
+mod lane;
 use crate::body::Body;
 use crate::engine::{Engine, Outcome, Served};
 use crate::entry::{self, Entry};
@@ -95,6 +97,8 @@ impl Front {
         grace: Duration,
     ) {
         let connections = hyper_util::server::graceful::GracefulShutdown::new();
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let lane_connections: lane::Tracker = Arc::default();
         tokio::pin!(shutdown);
         loop {
             let (stream, remote) = tokio::select! {
@@ -111,7 +115,21 @@ impl Front {
             let _ = stream.set_nodelay(true);
             let front = self.clone();
             let watcher = connections.watcher();
+            let mut stopping = stopping.clone();
+            let in_lane = lane_connections.clone();
             tokio::spawn(async move {
+                let mut stream = stream;
+                // Hits on the public listener are answered without hyper until a request
+                // needs it; the private listener goes straight to hyper.
+                let prefix = if trusted {
+                    Bytes::new()
+                } else {
+                    match front.lane(&mut stream, &mut stopping).await {
+                        lane::Handoff::Closed => return,
+                        lane::Handoff::Hyper(prefix) => prefix,
+                    }
+                };
+                drop(in_lane);
                 let service = service_fn(move |req| {
                     let front = front.clone();
                     async move { Ok::<_, Infallible>(front.handle(req, remote, trusted).await) }
@@ -119,19 +137,27 @@ impl Front {
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10));
-                let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                let io = TokioIo::new(lane::Rewind {
+                    prefix,
+                    inner: stream,
+                });
+                let conn = watcher.watch(http.serve_connection(io, service));
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             });
         }
         drop(listener);
-        let open = connections.count();
+        let _ = stop.send(true);
+        let open = connections.count() + Arc::strong_count(&lane_connections) - 1;
         tracing::info!(open, "stopped accepting; finishing requests in flight");
-        if tokio::time::timeout(grace, connections.shutdown())
-            .await
-            .is_err()
-        {
+        let finished = async {
+            connections.shutdown().await;
+            while Arc::strong_count(&lane_connections) > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(grace, finished).await.is_err() {
             tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");
         }
     }
@@ -668,15 +694,19 @@ fn html(status: StatusCode, page: String) -> Response<Body> {
 }
 
 fn has_bypass_cookie(h: &HeaderMap, names: &[String]) -> bool {
-    if names.is_empty() {
-        return false;
-    }
-    h.get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.split('=').next())
-        .any(|name| names.iter().any(|n| n == name.trim()))
+    !names.is_empty()
+        && h.get_all(header::COOKIE)
+            .iter()
+            .any(|v| cookie_bypasses(v.as_bytes(), names))
+}
+
+/// Whether one `Cookie` header value carries a cookie named in `names`.
+fn cookie_bypasses(value: &[u8], names: &[String]) -> bool {
+    std::str::from_utf8(value).is_ok_and(|v| {
+        v.split(';')
+            .filter_map(|c| c.split('=').next())
+            .any(|name| names.iter().any(|n| n == name.trim()))
+    })
 }
 
 /// An origin response that was not stored, made ready for the visitor: hop-by-hop and

@@ -1,0 +1,362 @@
+//! The hit lane: a connection starts here, and every plain `GET`/`HEAD` of a page that is
+//! in the memory tier and fresh (or stale: a background regeneration starts) is answered
+//! straight from the socket: `httparse` reads the head, one `writev` sends headers and
+//! body. The first request that needs anything else (a miss, a body, a conditional
+//! request, the `/_isr/` routes, a bypass) hands the connection, with the bytes already
+//! read, to hyper for the rest of its life.
+//!
+//! Why: on a 16 KiB hit, hyper's request and response machinery costs more CPU than
+//! isr's own cache work (BENCHMARKS.md). The headers written here are the ones
+//! `Front::cached` writes through hyper, byte for byte apart from their order; every
+//! end-to-end test of a hit runs through this lane.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::{CacheState, Front};
+use crate::entry::Entry;
+use crate::key;
+use crate::policy::{self, Freshness};
+
+/// How the lane left the connection.
+pub(super) enum Handoff {
+    /// Closed (by the peer, a timeout, an error or shutdown).
+    Closed,
+    /// Hand it to hyper, which must first read these bytes.
+    Hyper(Bytes),
+}
+
+/// Longest a request head may take to arrive, as hyper's `header_read_timeout`.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A head larger than this goes to hyper (which answers 431 when it is too large).
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 48;
+
+impl Front {
+    /// Serves hits on `stream` until a request needs hyper, the peer closes or shutdown.
+    pub(super) async fn lane(
+        &self,
+        stream: &mut TcpStream,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Handoff {
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut out = Vec::with_capacity(1024);
+        let deadline = tokio::time::sleep(HEAD_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            if !buf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(&buf) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        out.clear();
+                        let Some(body) = self.hit(&req, &mut out) else {
+                            return Handoff::Hyper(buf.freeze());
+                        };
+                        buf.advance(len);
+                        let ok = match body {
+                            Some(b) => write_all(stream, &out, &b).await,
+                            None => stream.write_all(&out).await,
+                        };
+                        if ok.is_err() {
+                            return Handoff::Closed;
+                        }
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+                    _ => return Handoff::Hyper(buf.freeze()),
+                }
+            }
+            if *shutdown.borrow() && buf.is_empty() {
+                return Handoff::Closed;
+            }
+            match read(stream, &mut buf, shutdown, deadline.as_mut()).await {
+                Ok(0) | Err(_) if buf.is_empty() => return Handoff::Closed,
+                // A head cut short: hyper answers it (400) or closes.
+                Ok(0) | Err(_) => return Handoff::Hyper(buf.freeze()),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Writes the head of a hit into `out` and returns its body (`None` for `HEAD`), or
+    /// `None` when this request is not a plain hit on a page in memory.
+    fn hit(&self, req: &httparse::Request<'_, '_>, out: &mut Vec<u8>) -> Option<Option<Bytes>> {
+        let head = match req.method? {
+            "GET" => false,
+            "HEAD" => true,
+            _ => return None,
+        };
+        if req.version? != 1 {
+            return None;
+        }
+        let target = req.path?;
+        if !target.starts_with('/') || target.starts_with("/_isr/") {
+            return None;
+        }
+        let cfg = self.engine.config();
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        if cfg.api_path.as_deref() == Some(path) || cfg.debug_cache {
+            return None;
+        }
+        let mut accept = None;
+        for h in req.headers.iter() {
+            let n = h.name;
+            if n.eq_ignore_ascii_case("accept-encoding") {
+                accept = Some(h.value);
+            } else if n.eq_ignore_ascii_case("content-length") {
+                if h.value != b"0" {
+                    return None;
+                }
+            } else if n.eq_ignore_ascii_case("cookie") {
+                if super::cookie_bypasses(h.value, &cfg.cache.bypass_cookies) {
+                    return None;
+                }
+            } else if n.eq_ignore_ascii_case("connection") {
+                if !h.value.eq_ignore_ascii_case(b"keep-alive") {
+                    return None;
+                }
+            } else if n.eq_ignore_ascii_case("transfer-encoding")
+                || n.eq_ignore_ascii_case("authorization")
+                || n.eq_ignore_ascii_case("x-prerender-revalidate")
+                || n.eq_ignore_ascii_case("if-none-match")
+                || n.eq_ignore_ascii_case("expect")
+                || n.eq_ignore_ascii_case("upgrade")
+            {
+                return None;
+            }
+        }
+        let key = key::normalize(path, query, &cfg.cache.ignore_query);
+        if self.engine.routes().bypasses(key::path_of(&key)) {
+            return None;
+        }
+        let e = self.engine.hot().get(&key)?;
+        let now = self.engine.now();
+        let (state, freshness) = match self.engine.freshness(&key, &e.meta, now) {
+            Freshness::Fresh => (CacheState::Hit, Freshness::Fresh),
+            Freshness::Stale => {
+                self.engine
+                    .regenerate_in_background(&key, e.meta.revalidate);
+                (CacheState::Stale, Freshness::Stale)
+            }
+            Freshness::Expired => return None,
+        };
+        let body = write_head(out, &e, accept, state, freshness, now);
+        self.engine.metrics().request(state as usize);
+        Some((!head && e.meta.status != 204).then_some(body))
+    }
+}
+
+/// The status line and headers of a cached page, as `Front::cached` sends them.
+fn write_head(
+    out: &mut Vec<u8>,
+    e: &Entry,
+    accept: Option<&[u8]>,
+    state: CacheState,
+    freshness: Freshness,
+    now: u64,
+) -> Bytes {
+    let status = http::StatusCode::from_u16(e.meta.status).unwrap_or(http::StatusCode::OK);
+    let (encoding, body) = e.body_for_bytes(accept);
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in &e.headers {
+        header(out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    if let Some(ce) = encoding.header() {
+        header(out, b"content-encoding", ce.as_bytes());
+    }
+    if status != http::StatusCode::NO_CONTENT {
+        header(out, b"content-length", num.format(body.len()).as_bytes());
+    }
+    header(out, b"x-isr-cache", state.as_str().as_bytes());
+    let timing = e.meta.timing();
+    header(
+        out,
+        b"age",
+        num.format(policy::secs(timing.age(now))).as_bytes(),
+    );
+    header(out, b"etag", e.etag(encoding).as_bytes());
+    header(
+        out,
+        b"cache-control",
+        policy::cache_control(&timing, freshness, now).as_bytes(),
+    );
+    if e.varies() {
+        header(out, b"vary", b"Accept-Encoding");
+    }
+    DATE.with(|d| d.write(out));
+    out.extend_from_slice(b"\r\n");
+    body.clone()
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Date` header, formatted once a second per thread.
+struct CachedDate {
+    at: std::cell::Cell<u64>,
+    text: std::cell::RefCell<String>,
+}
+
+impl CachedDate {
+    fn write(&self, out: &mut Vec<u8>) {
+        let now = std::time::SystemTime::now();
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.at.get() != secs {
+            self.at.set(secs);
+            *self.text.borrow_mut() = httpdate::fmt_http_date(now);
+        }
+        header(out, b"date", self.text.borrow().as_bytes());
+    }
+}
+
+thread_local! {
+    static DATE: CachedDate = const {
+        CachedDate {
+            at: std::cell::Cell::new(0),
+            text: std::cell::RefCell::new(String::new()),
+        }
+    };
+}
+
+/// Reads what is there, or waits for more: at most [`HEAD_TIMEOUT`] from the start of a
+/// request head (give or take a second: one timer per connection is re-armed only when
+/// it has drifted, not per request), and not past shutdown while no request is under way.
+async fn read(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shutdown: &mut watch::Receiver<bool>,
+    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    // When tokio already knows the socket is readable, read without waiting; never
+    // read blindly (an EAGAIN would cost a system call per request).
+    if let Some(ready) = stream.readable().now_or_never() {
+        ready?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+    }
+    let idle = buf.is_empty();
+    if idle {
+        let wanted = tokio::time::Instant::now() + HEAD_TIMEOUT;
+        if wanted.saturating_duration_since(deadline.deadline()) > Duration::from_secs(1) {
+            deadline.as_mut().reset(wanted);
+        }
+    }
+    let wait = async {
+        loop {
+            stream.readable().await?;
+            match stream.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    };
+    tokio::select! {
+        r = wait => r,
+        () = deadline => Ok(0),
+        _ = shutdown.wait_for(|s| *s), if idle => Ok(0),
+    }
+}
+
+/// Writes `head` then `body` with as few `writev` calls as the socket allows.
+async fn write_all(stream: &mut TcpStream, head: &[u8], body: &Bytes) -> io::Result<()> {
+    let (mut h, mut b) = (0, 0);
+    while h < head.len() || b < body.len() {
+        let n = stream
+            .write_vectored(&[IoSlice::new(&head[h..]), IoSlice::new(&body[b..])])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len() - h);
+        h += from_head;
+        b += n - from_head;
+    }
+    Ok(())
+}
+
+/// A connection handed to hyper: the bytes the lane already read, then the socket.
+pub(super) struct Rewind {
+    pub(super) prefix: Bytes,
+    pub(super) inner: TcpStream,
+}
+
+impl tokio::io::AsyncRead for Rewind {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Connections in the lane, so shutdown can wait for them (hyper counts its own).
+pub(super) type Tracker = Arc<()>;
