@@ -27,7 +27,9 @@
 //! - [`origin`]: the HTTP client side: fetching pages with requests that never carry
 //!   visitor data, proxying bypassed requests, and turning responses into
 //!   [`entry::Entry`] values with Brotli and gzip variants.
-//! - [`front`]: the HTTP server, the `/_isr/` routes and response headers.
+//! - [`front`]: the HTTP server, the `/_isr/` routes and response headers. Connections
+//!   start in its *hit lane*, which answers plain `GET`/`HEAD` hits on pages in memory
+//!   straight from the socket and hands anything else to hyper.
 //! - [`admin`]: the admin page (server-rendered HTML, login sessions, CSRF tokens) and the
 //!   status JSON; [`metrics`]: the counters behind `/_isr/metrics`.
 //! - [`config`], [`key`], [`route`], [`api`]: configuration, cache keys, routes and the
