@@ -56,6 +56,10 @@ impl Browser {
             .unwrap_or_else(|| panic!("no browser session: {session}"))
             .to_string();
         b.base = format!("{url}/session/{id}");
+        // Finding an element waits (up to 10 s) for the page that has it: a click that
+        // submits a form returns before the next page has loaded.
+        b.call("POST", "/timeouts", json!({"implicit": 10_000}))
+            .await;
         b
     }
 
@@ -189,6 +193,7 @@ async fn an_operator_logs_in_finds_a_page_by_tag_and_revalidates_it_in_chromium(
 
     browser.type_into("#tag", "post-isr-in-rust").await;
     browser.click("#search").await;
+    browser.find("#revalidate-tag").await; // only on the page filtered by tag
     let row = "tr[data-key='/blog/isr-in-rust']";
     assert_eq!(browser.text(&format!("{row} .state")).await, "fresh");
     browser.click(&format!("{row} button")).await;
