@@ -76,6 +76,25 @@ async fn redis_store_keeps_entries_tags_marks_and_the_newer_generation() {
         ["/a", "/a/b?q=1", "/ab"]
     );
     assert_eq!(store.get_meta("/ab").await.unwrap().unwrap().generated, 5);
+    // Listing pages by cursor, within a prefix.
+    let keys = |page: Vec<(String, Meta)>| page.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.list("/a", None, 2).await.unwrap()),
+        ["/a", "/a/b?q=1"]
+    );
+    assert_eq!(
+        keys(store.list("/a", Some("/a/b?q=1"), 2).await.unwrap()),
+        ["/ab"]
+    );
+    assert_eq!(
+        keys(store.list("/a/", None, 10).await.unwrap()),
+        ["/a/b?q=1"]
+    );
+    assert_eq!(store.stats().await.unwrap().entries, 3);
+    assert_eq!(
+        store.keys_with_tag_after("y", None, 10).await.unwrap(),
+        ["/a"]
+    );
     // Marks merge; a second prefix in the same Redis sees none of this.
     store.put_mark("t:x", Mark::at(10, false)).await.unwrap();
     store.put_mark("t:x", Mark::at(20, true)).await.unwrap();

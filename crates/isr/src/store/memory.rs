@@ -100,10 +100,7 @@ impl Store for MemoryStore {
         use std::ops::Bound;
         Box::pin(async move {
             self.with(|i| {
-                let start = match after {
-                    Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-                    _ => Bound::Included(prefix.to_string()),
-                };
+                let start = super::list_start(prefix, after).map(str::to_string);
                 i.entries
                     .range((start, Bound::Unbounded))
                     .take_while(|(k, _)| k.starts_with(prefix))
@@ -136,5 +133,44 @@ impl Store for MemoryStore {
         Box::pin(
             async move { self.with(|i| i.marks.iter().map(|(k, v)| (k.clone(), *v)).collect()) },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn lists_by_prefix_with_a_cursor() {
+        let store = MemoryStore::new();
+        for k in ["/a", "/a/b", "/a/c", "/b"] {
+            let meta = Meta {
+                status: 200,
+                headers: vec![],
+                generated: 1,
+                revalidate: None,
+                expire: 1,
+                tags: vec![],
+                hash: String::new(),
+                br: false,
+                gzip: false,
+                bytes: 0,
+            };
+            let e = Arc::new(Entry::new(meta, Bytes::from_static(b"body"), None, None));
+            store.put(k, e).await.unwrap();
+        }
+        let keys = |page: Vec<(String, Meta)>| page.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(store.list("/a", None, 2).await.unwrap()),
+            ["/a", "/a/b"]
+        );
+        assert_eq!(
+            keys(store.list("/a", Some("/a/b"), 5).await.unwrap()),
+            ["/a/c"]
+        );
+        assert_eq!(keys(store.list("", Some("/a/c"), 5).await.unwrap()), ["/b"]);
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.entries, stats.bytes), (4, 16));
     }
 }

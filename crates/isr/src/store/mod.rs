@@ -34,6 +34,15 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Where a [`Store::list`] page starts: just after the cursor `after` when it is inside
+/// the prefix's range, else at the prefix itself.
+pub fn list_start<'a>(prefix: &'a str, after: Option<&'a str>) -> std::ops::Bound<&'a str> {
+    match after {
+        Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
+        _ => std::ops::Bound::Included(prefix),
+    }
+}
+
 /// Totals, for metrics and the admin page.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {

@@ -392,10 +392,7 @@ impl Store for RedbStore {
         use std::ops::Bound;
         let r = self.read(|txn| {
             let meta = txn.open_table(META).map_err(err)?;
-            let start = match after {
-                Some(a) if a >= prefix => Bound::Excluded(a),
-                _ => Bound::Included(prefix),
-            };
+            let start = super::list_start(prefix, after);
             let mut out = Vec::new();
             for row in meta.range::<&str>((start, Bound::Unbounded)).map_err(err)? {
                 let (k, v) = row.map_err(err)?;

@@ -314,8 +314,9 @@ impl Store for RedisStore {
         Box::pin(async move {
             let s = &self.shared;
             let mut con = s.con();
-            let min = match after {
-                Some(a) if a >= prefix => format!("({a}"),
+            // ZRANGEBYLEX bounds: `(` exclusive, `[` inclusive.
+            let min = match super::list_start(prefix, after) {
+                std::ops::Bound::Excluded(a) => format!("({a}"),
                 _ => format!("[{prefix}"),
             };
             let mut max = format!("[{prefix}").into_bytes();
