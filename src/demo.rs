@@ -291,6 +291,7 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         dynamic: true,
         cache,
+        refresh_ahead: false,
     };
     cfg.routes = vec![
         route("/", Some(60), &["posts"], true),

@@ -1225,3 +1225,32 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_ahead_regenerates_a_popular_page_before_it_goes_stale() {
+    let origin = Origin::start().await;
+    let config = format!(
+        "{}\n[[route]]\nmatch = \"/ahead/{{slug}}\"\nrevalidate = 2\nrefresh = \"ahead\"\n",
+        common::CONFIG
+    );
+    let isr = Isr::start_with(&origin, &config).await;
+    assert_eq!(isr.get("/ahead/a").await.unwrap().cache(), "MISS");
+    assert_eq!(isr.get("/ahead/a").await.unwrap().cache(), "HIT");
+    assert_eq!(origin.count("/ahead/a"), 1);
+    // Past 80 % of the 2 s window the page is still a HIT, and is regenerated early.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let r = isr.get("/ahead/a").await.unwrap();
+    assert_eq!(r.cache(), "HIT");
+    assert!(r.text().contains("v1"));
+    eventually("the early regeneration lands", async || {
+        let r = isr.get("/ahead/a").await.unwrap();
+        assert_eq!(
+            r.cache(),
+            "HIT",
+            "a refresh-ahead page never goes stale here"
+        );
+        r.text().contains("v2")
+    })
+    .await;
+    assert_eq!(origin.count("/ahead/a"), 2);
+}

@@ -118,6 +118,8 @@ pub struct RouteConfig {
     pub dynamic: bool,
     /// `false`: always passed through to the origin.
     pub cache: bool,
+    /// `refresh = "ahead"`: a HIT past 80 % of the window regenerates the page early.
+    pub refresh_ahead: bool,
 }
 
 // ---- the file as written ---------------------------------------------------------
@@ -174,6 +176,7 @@ struct FileRoute {
     dynamic: bool,
     #[serde(default = "yes")]
     cache: bool,
+    refresh: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -392,12 +395,31 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
                 }
             }
         }
+        let refresh_ahead = match r.refresh.as_deref() {
+            None | Some("on-request") => false,
+            Some("ahead") => true,
+            Some("always") => {
+                return Err(locate.value_error(
+                    "refresh",
+                    "always",
+                    "refresh = \"always\" is not available in this version; use \"on-request\" or \"ahead\"",
+                ))
+            }
+            Some(other) => {
+                return Err(locate.value_error(
+                    "refresh",
+                    other,
+                    "expected \"on-request\" or \"ahead\"",
+                ))
+            }
+        };
         routes.push(RouteConfig {
             pattern: r.pattern.clone(),
             revalidate,
             tags: r.tags.clone(),
             dynamic: r.dynamic,
             cache: r.cache,
+            refresh_ahead,
         });
     }
 
@@ -760,5 +782,18 @@ revalidate = false
         assert_eq!((e.line, e.key.as_str()), (2, "admin_listen"), "{e}");
         let e = cfg("origin = \"http://a:1\"\n[monitor]\noverdue_after = \"often\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "overdue_after"), "{e}");
+    }
+
+    #[test]
+    fn route_refresh_modes() {
+        let c = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\nrefresh = \"ahead\"\n[[route]]\nmatch = \"/b\"\n").unwrap();
+        assert!(c.routes[0].refresh_ahead && !c.routes[1].refresh_ahead);
+        let e = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\nrefresh = \"always\"\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "refresh"), "{e}");
+        assert!(e.message.contains("not available"), "{e}");
+        let e = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\nrefresh = \"soon\"\n")
+            .unwrap_err();
+        assert_eq!(e.key, "refresh", "{e}");
     }
 }

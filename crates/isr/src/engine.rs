@@ -370,7 +370,10 @@ impl Engine {
         let now = self.now();
         let copy = match self.lookup(key).await {
             Some(e) => match self.freshness(key, &e.meta, now) {
-                Freshness::Fresh => return Served::Hit(e),
+                Freshness::Fresh => {
+                    self.refresh_ahead(key, &e.meta, now);
+                    return Served::Hit(e);
+                }
                 Freshness::Stale => {
                     self.regenerate_in_background(key, e.meta.revalidate);
                     return Served::Stale(e);
@@ -402,6 +405,16 @@ impl Engine {
                 }
             }
             (Outcome::Failed(e), None) => Served::Error(e),
+        }
+    }
+
+    /// After a HIT: starts the regeneration early when the page is in the last 20 % of its
+    /// window and its route says `refresh = "ahead"` (the route is looked up only then).
+    pub fn refresh_ahead(self: &Arc<Self>, key: &str, meta: &crate::entry::Meta, now: u64) {
+        if policy::prefresh_due(&meta.timing(), now)
+            && self.routes.refreshes_ahead(key::path_of(key))
+        {
+            self.regenerate_in_background(key, meta.revalidate);
         }
     }
 
@@ -528,10 +541,14 @@ impl Engine {
         self.produce(key, copy).await
     }
 
-    /// The stored page for `key` if it is fresh now (then also kept hot).
+    /// The stored page for `key` if it is fresh now and not yet due for an early refresh
+    /// (then also kept hot): a page another node has just regenerated.
     async fn fresh_in_store(&self, key: &str) -> Option<Arc<Entry>> {
         let meta = self.store.get_meta(key).await.ok()??;
-        if self.freshness(key, &meta, self.now()) != Freshness::Fresh {
+        let now = self.now();
+        if self.freshness(key, &meta, now) != Freshness::Fresh
+            || policy::prefresh_due(&meta.timing(), now)
+        {
             return None;
         }
         let e = Arc::new(self.store.get(key).await.ok()??);

@@ -151,6 +151,15 @@ pub fn resolve_timing(
     (default_revalidate, default_expire)
 }
 
+/// Whether a fresh page is in the last 20 % of its window, where `refresh = "ahead"`
+/// regenerates it early so that popular pages never go stale.
+pub fn prefresh_due(t: &Timing, now: u64) -> bool {
+    match t.revalidate {
+        Some(window) => t.age(now).saturating_mul(5) >= window.saturating_mul(4),
+        None => false,
+    }
+}
+
 /// Whether a page is overdue: its last successful regeneration is older than its
 /// revalidate window plus `overdue_after` (pages revalidated only on demand never are).
 pub fn is_overdue(t: &Timing, now: u64, overdue_after: u64) -> bool {
@@ -231,6 +240,24 @@ mod tests {
     use proptest::prelude::*;
 
     const S: u64 = 1000;
+
+    #[test]
+    fn early_refresh_is_due_in_the_last_fifth_of_the_window() {
+        let t = timing(1_000, Some(10_000), 100_000);
+        assert!(!prefresh_due(&t, 1_000));
+        assert!(!prefresh_due(&t, 8_999));
+        assert!(prefresh_due(&t, 9_000));
+        assert!(prefresh_due(&t, 20_000));
+        assert!(!prefresh_due(&timing(1_000, None, 100_000), 1_000_000));
+    }
+
+    #[test]
+    fn overdue_after_the_window_plus_the_grace() {
+        let t = timing(0, Some(60_000), u64::MAX);
+        assert!(!is_overdue(&t, 60_000 + 1_000, 1_000));
+        assert!(is_overdue(&t, 60_000 + 1_001, 1_000));
+        assert!(!is_overdue(&timing(0, None, u64::MAX), u64::MAX / 2, 0));
+    }
 
     fn timing(generated: u64, revalidate: Window, expire: u64) -> Timing {
         Timing {

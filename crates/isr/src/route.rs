@@ -57,6 +57,13 @@ impl Routes {
         }
     }
 
+    /// True when the route of `path` has `refresh = "ahead"`.
+    pub fn refreshes_ahead(&self, path: &str) -> bool {
+        self.router
+            .at(path)
+            .is_ok_and(|m| self.routes[*m.value].refresh_ahead)
+    }
+
     /// True when the route of `path` is `cache = false`.
     pub fn bypasses(&self, path: &str) -> bool {
         self.router
@@ -117,6 +124,7 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             dynamic: true,
             cache,
+            refresh_ahead: false,
         }
     }
 

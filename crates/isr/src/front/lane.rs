@@ -143,7 +143,10 @@ impl Front {
         let e = self.engine.hot().get(&key)?;
         let now = self.engine.now();
         let (state, freshness) = match self.engine.freshness(&key, &e.meta, now) {
-            Freshness::Fresh => (CacheState::Hit, Freshness::Fresh),
+            Freshness::Fresh => {
+                self.engine.refresh_ahead(&key, &e.meta, now);
+                (CacheState::Hit, Freshness::Fresh)
+            }
             Freshness::Stale => {
                 self.engine
                     .regenerate_in_background(&key, e.meta.revalidate);
