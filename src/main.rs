@@ -44,6 +44,8 @@ enum Command {
     Revalidate(client::RevalidateArgs),
     /// Totals, fetches in flight and overdue pages of a running isr (secret from ISR_SECRET).
     Status(client::StatusArgs),
+    /// Run the [prebuild] once into the store, then exit (for deploy pipelines).
+    Prebuild(ServeArgs),
     /// Validate a config file and print its routes.
     Check {
         /// Config file (default: ./isr.toml).
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime().block_on(demo::run(args)),
         Command::Revalidate(args) => runtime().block_on(client::revalidate(args)),
         Command::Status(args) => runtime().block_on(client::status(args)),
+        Command::Prebuild(args) => prebuild(args),
     }
 }
 
@@ -156,7 +159,44 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn prebuild(args: ServeArgs) -> ExitCode {
+    let cfg = match load_config(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = move |done: usize, total: usize| {
+        if tty {
+            eprint!("\rprebuild: {done}/{total} pages");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    runtime().block_on(async move {
+        match isr::prebuild_once(cfg, &progress).await {
+            Ok(r) => {
+                println!(
+                    "prebuilt {} pages: {} stored, {} already fresh, {} failed",
+                    r.total, r.stored, r.fresh, r.failed
+                );
+                if r.failed > 0 && r.failed == r.total {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("isr: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+/// The config for `serve` and `prebuild`: the file plus the flags, or the exit code of a
+/// config error (already printed).
+fn load_config(args: ServeArgs) -> Result<isr::Config, ExitCode> {
     let overrides = isr::config::Overrides {
         listen: args.listen,
         origin: args.origin,
@@ -164,12 +204,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         redis: args.redis,
         debug_cache: args.debug_cache,
     };
-    let cfg = match isr::config::load(config_file(args.config).as_deref(), &overrides) {
+    isr::config::load(config_file(args.config).as_deref(), &overrides).map_err(|e| {
+        eprintln!("isr: config error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let cfg = match load_config(args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("isr: config error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let secrets = isr::Secrets::parse(&std::env::var(&cfg.secret_env).unwrap_or_default());
     runtime().block_on(async move {

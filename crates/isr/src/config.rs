@@ -58,6 +58,32 @@ pub struct Config {
     pub overdue_after: u64,
     /// `--debug-cache` / `ISR_DEBUG_CACHE=1`: one log line per request and per origin fetch.
     pub debug_cache: bool,
+    /// `[prebuild]`: pages fetched at start, before any visitor asks.
+    pub prebuild: PrebuildConfig,
+}
+
+/// The `[prebuild]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrebuildConfig {
+    /// Paths always prebuilt.
+    pub paths: Vec<String>,
+    /// A sitemap on the origin (sitemap index files are followed).
+    pub sitemap: Option<String>,
+    /// At most this many sitemap URLs, highest `<priority>` first.
+    pub limit: usize,
+    /// Fetches at once.
+    pub concurrency: usize,
+}
+
+impl Default for PrebuildConfig {
+    fn default() -> Self {
+        PrebuildConfig {
+            paths: Vec::new(),
+            sitemap: None,
+            limit: 1000,
+            concurrency: 8,
+        }
+    }
 }
 
 /// The `[redis]` table.
@@ -143,6 +169,18 @@ struct File {
     admin_listen: Option<String>,
     #[serde(default)]
     monitor: FileMonitor,
+    #[serde(default)]
+    prebuild: FilePrebuild,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePrebuild {
+    #[serde(default)]
+    paths: Vec<String>,
+    sitemap: Option<String>,
+    limit: Option<usize>,
+    concurrency: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -518,7 +556,28 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         Some(d) => at("overdue_after", d.ms())?,
         None => 24 * 3_600_000,
     };
+    let p = &file.prebuild;
+    for path in p.paths.iter().chain(&p.sitemap) {
+        if !path.starts_with('/') {
+            let key = if Some(path) == p.sitemap.as_ref() {
+                "sitemap"
+            } else {
+                "paths"
+            };
+            return Err(locate.value_error(key, path, "must be a path starting with `/`"));
+        }
+    }
+    if p.concurrency == Some(0) {
+        return Err(locate.key_error("concurrency", "must be at least 1".into()));
+    }
+    let prebuild = PrebuildConfig {
+        paths: p.paths.clone(),
+        sitemap: p.sitemap.clone(),
+        limit: p.limit.unwrap_or(1000),
+        concurrency: p.concurrency.unwrap_or(8),
+    };
     Ok(Config {
+        prebuild,
         admin_listen,
         overdue_after,
         debug_cache: overrides.debug_cache,
@@ -795,5 +854,17 @@ revalidate = false
         let e = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\nrefresh = \"soon\"\n")
             .unwrap_err();
         assert_eq!(e.key, "refresh", "{e}");
+    }
+
+    #[test]
+    fn prebuild_table() {
+        let c = cfg("origin = \"http://a:1\"\n[prebuild]\npaths = [\"/\", \"/about\"]\nsitemap = \"/sitemap.xml\"\nlimit = 10\n").unwrap();
+        assert_eq!(c.prebuild.paths, ["/", "/about"]);
+        assert_eq!(c.prebuild.sitemap.as_deref(), Some("/sitemap.xml"));
+        assert_eq!((c.prebuild.limit, c.prebuild.concurrency), (10, 8));
+        let e = cfg("origin = \"http://a:1\"\n[prebuild]\npaths = [\"about\"]\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "paths"), "{e}");
+        let e = cfg("origin = \"http://a:1\"\n[prebuild]\nconcurrency = 0\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "concurrency"), "{e}");
     }
 }

@@ -116,6 +116,17 @@ struct Flight {
     visitor_waiting: Arc<tokio::sync::Notify>,
 }
 
+/// What prebuilding one page did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warmed {
+    /// Already stored and fresh: nothing fetched.
+    Fresh,
+    /// Fetched and stored.
+    Stored,
+    /// Not stored, and why.
+    Failed(String),
+}
+
 /// The last overdue scan: how many pages were overdue, and the first of them.
 #[derive(Debug, Clone, Default)]
 pub struct Overdue {
@@ -165,6 +176,8 @@ pub struct Engine {
     regen_slots: Arc<Semaphore>,
     now: Now,
     metrics: Metrics,
+    /// False while the start-up prebuild runs.
+    ready: std::sync::atomic::AtomicBool,
     /// Pages found overdue by the last monitor scan (count, and the first few).
     overdue: Mutex<Overdue>,
     /// The latest revalidation mark handed out; generation stamps are kept above the
@@ -207,6 +220,7 @@ impl Engine {
             cfg,
             now: Now::new(),
             metrics: Metrics::default(),
+            ready: std::sync::atomic::AtomicBool::new(true),
             overdue: Mutex::default(),
             last_mark: AtomicU64::new(last),
         });
@@ -406,6 +420,41 @@ impl Engine {
             }
             (Outcome::Failed(e), None) => Served::Error(e),
         }
+    }
+
+    /// Prebuilds `key`: fetches and stores it unless a fresh copy is already stored.
+    /// Shares single-flight with visitors, and never counts as one.
+    pub async fn warm(self: &Arc<Self>, key: &str) -> Warmed {
+        let stored = self.store.get_meta(key).await.ok().flatten();
+        if let Some(meta) = &stored {
+            if self.freshness(key, meta, self.now()) == Freshness::Fresh {
+                return Warmed::Fresh;
+            }
+        }
+        match self.join_flight(key, stored.map(|m| m.revalidate)).await {
+            Outcome::Stored(_) => Warmed::Stored,
+            Outcome::Failed(e) => Warmed::Failed(format!(
+                "{} {}",
+                e.status,
+                String::from_utf8_lossy(&e.body).trim()
+            )),
+            Outcome::Uncacheable(_) => Warmed::Failed("the response is uncacheable".into()),
+        }
+    }
+
+    /// Whether the start-up prebuild is done (`/_isr/health?ready`).
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks a start-up prebuild as running.
+    pub fn set_ready_later(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    /// Marks the start-up prebuild done.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
     }
 
     /// After a HIT: starts the regeneration early when the page is in the last 20 % of its

@@ -374,7 +374,17 @@ impl Front {
     async fn isr_route(&self, req: Request<Incoming>, trusted: bool) -> Response<Body> {
         match (req.method(), req.uri().path()) {
             (_, "/_isr/revalidate") => self.revalidate_api(req, trusted).await,
-            (_, "/_isr/health") => plain(StatusCode::OK, "ok"),
+            (_, "/_isr/health") => {
+                let wants_ready = req.uri().query().is_some_and(|q| {
+                    q.split('&')
+                        .any(|p| p == "ready" || p.starts_with("ready="))
+                });
+                if wants_ready && !self.engine.ready() {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "prebuilding\n")
+                } else {
+                    plain(StatusCode::OK, "ok")
+                }
+            }
             (&Method::GET, "/_isr/metrics") => match self.auth(&req, trusted) {
                 Some(_) => self.metrics().await,
                 None => unauthorized("metrics need the secret: Authorization: Bearer <secret>"),

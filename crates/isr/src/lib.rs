@@ -47,6 +47,7 @@ pub mod key;
 pub mod metrics;
 pub mod origin;
 pub mod policy;
+pub mod prebuild;
 pub mod route;
 pub mod store;
 pub mod tags;
@@ -75,6 +76,24 @@ pub enum StartError {
     },
 }
 
+/// The store `cfg` names: Redis when `[redis]` is set, else the embedded store.
+fn open_store(cfg: &Config) -> Result<Arc<dyn store::Store>, StartError> {
+    Ok(match &cfg.redis {
+        Some(r) => Arc::new(store::RedisStore::connect(&r.url, &r.prefix)?),
+        None => Arc::new(store::RedbStore::open(&cfg.data_dir)?),
+    })
+}
+
+/// Runs the `[prebuild]` once against the configured store and returns what it did
+/// (`isr prebuild`); `progress(done, total)` is called after each page.
+pub async fn prebuild_once(
+    cfg: Config,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<prebuild::Report, StartError> {
+    let engine = Engine::new(cfg.clone(), open_store(&cfg)?).await?;
+    Ok(prebuild::run(&engine, progress).await)
+}
+
 /// A server that is bound and ready to run.
 pub struct Server {
     front: Arc<front::Front>,
@@ -86,10 +105,7 @@ impl Server {
     /// Opens the store (Redis when `cfg.redis` is set, else the embedded store in
     /// `cfg.data_dir`) and binds `cfg.listen`.
     pub async fn bind(cfg: Config, secrets: Secrets) -> Result<Server, StartError> {
-        let store: Arc<dyn store::Store> = match &cfg.redis {
-            Some(r) => Arc::new(store::RedisStore::connect(&r.url, &r.prefix)?),
-            None => Arc::new(store::RedbStore::open(&cfg.data_dir)?),
-        };
+        let store = open_store(&cfg)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -105,6 +121,15 @@ impl Server {
             None => None,
         };
         let engine = Engine::new(cfg, store).await?;
+        let p = &engine.config().prebuild;
+        if !p.paths.is_empty() || p.sitemap.is_some() {
+            engine.set_ready_later();
+            let e = engine.clone();
+            tokio::spawn(async move {
+                prebuild::run(&e, &|_, _| {}).await;
+                e.set_ready();
+            });
+        }
         Ok(Server {
             front: front::Front::new(engine, secrets),
             listener,

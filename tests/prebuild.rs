@@ -1,0 +1,136 @@
+//! Prebuilding: `[prebuild]` paths and the origin's sitemap fetched at start (with
+//! `/_isr/health?ready`), and `isr prebuild` for deploy pipelines.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Isr, Origin, Spec, CONFIG};
+
+fn sitemap(origin: &Origin) -> String {
+    let base = origin.url();
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+  <url><loc>{base}/blog/low</loc><priority>0.1</priority></url>
+  <url><loc>{base}/blog/high</loc><priority>0.9</priority></url>
+  <url><loc>https://elsewhere.example/blog/foreign</loc><priority>1.0</priority></url>
+</urlset>"#
+    )
+}
+
+fn xml(body: String) -> Spec {
+    Spec {
+        headers: vec![("content-type".into(), "application/xml".into())],
+        body: Some(body),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prebuild_fetches_listed_paths_and_the_best_sitemap_urls_before_ready() {
+    let origin = Origin::start().await;
+    origin.set("/sitemap.xml", xml(sitemap(&origin)));
+    origin.set(
+        "/blog/slow",
+        Spec {
+            delay: Duration::from_millis(800),
+            ..Default::default()
+        },
+    );
+    let config = format!(
+        "{CONFIG}\n[prebuild]\npaths = [\"/blog/slow\"]\nsitemap = \"/sitemap.xml\"\nlimit = 1\n"
+    );
+    let isr = Isr::start_with(&origin, &config).await;
+    // Serving starts at once; readiness waits for the prebuild.
+    assert_eq!(isr.get("/_isr/health?ready").await.unwrap().status, 503);
+    eventually("the prebuild finishes", async || {
+        isr.get("/_isr/health?ready").await.unwrap().status == 200
+    })
+    .await;
+    assert_eq!(isr.get("/blog/slow").await.unwrap().cache(), "HIT");
+    assert_eq!(isr.get("/blog/high").await.unwrap().cache(), "HIT");
+    // Over the limit (lower priority), and another host: not prebuilt.
+    assert_eq!(isr.get("/blog/low").await.unwrap().cache(), "MISS");
+    assert_eq!(origin.count("/blog/foreign"), 0);
+    assert_eq!(origin.count("/blog/slow"), 1);
+    assert_eq!(origin.count("/blog/high"), 1);
+    // Prebuilding is not a visitor.
+    let m = isr
+        .request(
+            "GET",
+            "/_isr/metrics",
+            &[("authorization", "Bearer test-secret")],
+            "",
+        )
+        .await
+        .unwrap()
+        .text();
+    assert!(m.contains("isr_requests_total{state=\"MISS\"} 1\n"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_sitemap_is_skipped_and_the_listed_paths_still_prebuild() {
+    for bad in [
+        Spec {
+            status: Some(404),
+            ..Default::default()
+        },
+        xml("User-agent: *\nDisallow:".into()),
+    ] {
+        let origin = Origin::start().await;
+        origin.set("/sitemap.xml", bad);
+        let config =
+            format!("{CONFIG}\n[prebuild]\npaths = [\"/blog/home\"]\nsitemap = \"/sitemap.xml\"\n");
+        let isr = Isr::start_with(&origin, &config).await;
+        eventually("the prebuild finishes", async || {
+            isr.get("/_isr/health?ready").await.unwrap().status == 200
+        })
+        .await;
+        assert_eq!(isr.get("/blog/home").await.unwrap().cache(), "HIT");
+        assert_eq!(isr.get("/blog/other").await.unwrap().cache(), "MISS");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isr_prebuild_fills_the_store_once_and_skips_fresh_pages_the_next_time() {
+    let origin = Origin::start().await;
+    origin.set("/sitemap.xml", xml(sitemap(&origin)));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("isr.toml");
+    std::fs::write(
+        &config,
+        format!("{CONFIG}\n[prebuild]\npaths = [\"/blog/a\", \"/blog/a\"]\nsitemap = \"/sitemap.xml\"\n"),
+    )
+    .unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
+            .args(["prebuild", "--config"])
+            .arg(&config)
+            .args(["--origin", &origin.url(), "--data-dir"])
+            .arg(&data)
+            .env("ISR_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(run);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("prebuilt 3 pages: 3 stored, 0 already fresh, 0 failed"),
+        "{text}"
+    );
+    let again = tokio::task::block_in_place(run);
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        text.contains("prebuilt 3 pages: 0 stored, 3 already fresh"),
+        "{text}"
+    );
+    // A server started on that store serves them without asking the origin.
+    let isr = Isr::spawn(&origin, &data, &config).await;
+    for p in ["/blog/a", "/blog/high", "/blog/low"] {
+        assert_eq!(isr.get(p).await.unwrap().cache(), "HIT", "{p}");
+        assert_eq!(origin.count(p), 1, "{p}");
+    }
+}
