@@ -32,6 +32,9 @@ pub(crate) struct DemoArgs {
     /// Simulated CMS query time per render, in milliseconds.
     #[arg(long, default_value_t = 150)]
     render_ms: u64,
+    /// Newest posts prebuilt at start (with the index page).
+    #[arg(long, default_value_t = 100)]
+    prebuild: usize,
 }
 
 struct Blog {
@@ -298,6 +301,10 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
         route("/blog/{slug}", Some(60), &["posts", "post-{slug}"], true),
         route("/cms", None, &[], false),
     ];
+    let posts = args.posts.max(1);
+    cfg.prebuild.paths = std::iter::once("/".to_string())
+        .chain((posts.saturating_sub(args.prebuild) + 1..=posts).map(|n| format!("/blog/{n}")))
+        .collect();
     let server = match isr::Server::bind(cfg, isr::Secrets::parse(&secrets)).await {
         Ok(s) => s,
         Err(e) => {
@@ -325,6 +332,7 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
     );
     println!("  blog through isr   {isr_url}/");
     println!("  a post             {isr_url}/blog/1   (first visit MISS, then HIT; see the x-isr-cache header)");
+    println!("  a prebuilt post    {isr_url}/blog/{}   (the {} newest posts are prebuilt at start: HIT at once)", args.posts.max(1), args.prebuild.min(args.posts));
     println!("  CMS (edit a post)  {isr_url}/cms?post=1    (saving revalidates tag post-1: live on the next request)");
     println!("  the origin itself  http://{origin_addr}/");
     println!("  data               {}", args.data_dir.display());

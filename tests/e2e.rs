@@ -875,6 +875,8 @@ async fn demo_story_edit_in_the_cms_is_live_on_the_next_request() {
             "50",
             "--render-ms",
             "5",
+            "--prebuild",
+            "10",
             "--listen",
             &listen,
             "--data-dir",
@@ -897,6 +899,12 @@ async fn demo_story_edit_in_the_cms_is_live_on_the_next_request() {
             .await
             .unwrap()
     };
+    eventually("the 10 newest posts are prebuilt", async || {
+        get("/_isr/health?ready").await.status == 200
+    })
+    .await;
+    assert_eq!(get("/blog/50").await.cache(), "HIT");
+    assert_eq!(get("/blog/41").await.cache(), "HIT");
     let a = get("/blog/7").await;
     assert_eq!((a.status, a.cache()), (200, "MISS"));
     assert_eq!(get("/blog/7").await.cache(), "HIT");
