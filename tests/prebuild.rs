@@ -134,3 +134,79 @@ async fn isr_prebuild_fills_the_store_once_and_skips_fresh_pages_the_next_time()
         assert_eq!(origin.count(p), 1, "{p}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dynamic_false_route_serves_only_known_paths_and_404s_the_rest_without_the_origin() {
+    let origin = Origin::start().await;
+    let base = origin.url();
+    origin.set(
+        "/sitemap.xml",
+        xml(format!(
+            "<urlset><url><loc>{base}/docs/from-sitemap</loc></url></urlset>"
+        )),
+    );
+    origin.set(
+        "/404",
+        Spec {
+            status: Some(404),
+            body: Some("<h1>custom not found</h1>".into()),
+            ..Default::default()
+        },
+    );
+    let config = format!(
+        "{CONFIG}\n[[route]]\nmatch = \"/docs/{{*path}}\"\ndynamic = false\n\
+         [prebuild]\npaths = [\"/docs/listed\", \"/404\"]\nsitemap = \"/sitemap.xml\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config_path) = (dir.path().join("data"), dir.path().join("isr.toml"));
+    std::fs::write(&config_path, &config).unwrap();
+    let isr = Isr::spawn(&origin, &data, &config_path).await;
+    eventually("the prebuild finishes", async || {
+        isr.get("/_isr/health?ready").await.unwrap().status == 200
+    })
+    .await;
+    for known in ["/docs/listed", "/docs/from-sitemap"] {
+        let r = isr.get(known).await.unwrap();
+        assert_eq!((r.status, r.cache()), (200, "HIT"), "{known}");
+    }
+    // Unknown: 404 with the origin's cached /404 page, and the origin never asked.
+    let r = isr.get("/docs/unknown").await.unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("custom not found"));
+    assert_eq!(origin.count("/docs/unknown"), 0);
+    // Neither a forced regeneration nor the API fetches it.
+    let r = isr
+        .request(
+            "GET",
+            "/docs/unknown",
+            &[("x-prerender-revalidate", common::SECRET)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(origin.count("/docs/unknown"), 0);
+    let r = isr
+        .revalidate(serde_json::json!({"path": "/docs/unknown"}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = isr
+        .revalidate(serde_json::json!({"path": "/docs/from-sitemap"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The known set survives a restart (the prebuilt pages are in the store), even with
+    // the sitemap gone.
+    let (data, config_path, dir) = isr.kill();
+    origin.set(
+        "/sitemap.xml",
+        Spec {
+            status: Some(500),
+            ..Default::default()
+        },
+    );
+    let isr = Isr::spawn(&origin, &data, &config_path).await;
+    assert_eq!(isr.get("/docs/from-sitemap").await.unwrap().status, 200);
+    assert_eq!(isr.get("/docs/unknown").await.unwrap().status, 404);
+    assert_eq!(origin.count("/docs/unknown"), 0);
+    drop(dir);
+}

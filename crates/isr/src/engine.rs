@@ -85,6 +85,9 @@ pub enum Served {
     Bypass,
     /// Not stored: an origin error or a 502/504 (`MISS`).
     Error(Arc<ErrorResponse>),
+    /// A path a `dynamic = false` route does not know: 404 without asking the origin,
+    /// with the origin's cached `/404` page when there is one.
+    NotFound(Option<Arc<Entry>>),
 }
 
 /// A wall clock in unix ms that follows tokio's clock, so paused-clock tests can move it.
@@ -398,6 +401,9 @@ impl Engine {
                 if self.uncacheable.get(key).is_some_and(|until| until > now) {
                     return Served::Bypass;
                 }
+                if self.is_unknown_static(key::path_of(key)) {
+                    return Served::NotFound(self.lookup("/404").await);
+                }
                 None
             }
         };
@@ -440,6 +446,33 @@ impl Engine {
             )),
             Outcome::Uncacheable(_) => Warmed::Failed("the response is uncacheable".into()),
         }
+    }
+
+    /// Whether `path` belongs to a `dynamic = false` route and is not listed in
+    /// `[prebuild] paths` (the caller has found no stored page for it: prebuilt pages are
+    /// stored, so the store remembers the known set across restarts).
+    pub fn is_unknown_static(&self, path: &str) -> bool {
+        self.routes.is_static(path)
+            && !self
+                .cfg
+                .prebuild
+                .paths
+                .iter()
+                .any(|p| p.split('?').next() == Some(path))
+    }
+
+    /// Whether a revalidation names a page of a `dynamic = false` route that was never
+    /// prebuilt nor listed: the path, for a 404.
+    pub async fn unknown_static_page<'a>(&self, r: &'a Revalidation) -> Option<&'a str> {
+        for p in &r.pages {
+            if self.is_unknown_static(p) {
+                let stored = self.store.keys_with_prefix(p).await.unwrap_or_default();
+                if !stored.iter().any(|k| key::path_of(k) == p) {
+                    return Some(p);
+                }
+            }
+        }
+        None
     }
 
     /// Whether the start-up prebuild is done (`/_isr/health?ready`).

@@ -237,7 +237,10 @@ impl Front {
             return self.proxy(req, remote).await;
         }
         if let Some(s) = req.headers().get("x-prerender-revalidate") {
-            if self.secrets.accepts(s.as_bytes()) {
+            // (A path a `dynamic = false` route does not know is never fetched.)
+            let unknown = self.engine.is_unknown_static(key::path_of(&key))
+                && self.engine.lookup(&key).await.is_none();
+            if self.secrets.accepts(s.as_bytes()) && !unknown {
                 let outcome = self.engine.regenerate_now(&key).await;
                 return match outcome {
                     Outcome::Stored(e) => self.cached(&req, &key, &e, CacheState::Revalidated),
@@ -275,6 +278,17 @@ impl Front {
             ),
             // Hit-for-miss: this visitor's own request goes to the origin.
             Served::Bypass => self.proxy(req, remote).await,
+            Served::NotFound(Some(page)) => {
+                let mut res = self.cached(&req, "/404", &page, CacheState::Hit);
+                *res.status_mut() = StatusCode::NOT_FOUND;
+                res
+            }
+            Served::NotFound(None) => {
+                let mut res = plain(StatusCode::NOT_FOUND, "not found\n");
+                res.headers_mut()
+                    .insert(X_ISR_CACHE, CacheState::Hit.header());
+                res
+            }
             Served::Error(e) => {
                 let mut res = Response::new(Body::full(e.body.clone()));
                 *res.status_mut() = e.status;
@@ -616,6 +630,14 @@ impl Front {
                 &body,
             )?
         };
+        if let Some(p) = self.engine.unknown_static_page(&r).await {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "{p} is not a known page: its route is dynamic = false and it was never prebuilt"
+                ),
+            });
+        }
         self.engine.revalidate(&r).await.map_err(|e| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("could not record the revalidation: {e}"),

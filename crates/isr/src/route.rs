@@ -57,6 +57,13 @@ impl Routes {
         }
     }
 
+    /// True when the route of `path` is `dynamic = false` (only known paths exist).
+    pub fn is_static(&self, path: &str) -> bool {
+        self.router
+            .at(path)
+            .is_ok_and(|m| !self.routes[*m.value].dynamic)
+    }
+
     /// True when the route of `path` has `refresh = "ahead"`.
     pub fn refreshes_ahead(&self, path: &str) -> bool {
         self.router
