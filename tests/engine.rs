@@ -46,6 +46,7 @@ async fn serve(e: &Arc<Engine>, key: &str) -> (&'static str, String) {
         Served::Pass(_) => ("PASS", String::new()),
         Served::Bypass => ("BYPASS", String::new()),
         Served::Error(x) => ("ERROR", x.status.to_string()),
+        Served::NotFound(_) => ("NOT FOUND", String::new()),
     }
 }
 
