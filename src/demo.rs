@@ -295,6 +295,7 @@ pub(crate) async fn run(args: DemoArgs) -> ExitCode {
         dynamic: true,
         cache,
         refresh_ahead: false,
+        refresh_always: false,
     };
     cfg.routes = vec![
         route("/", Some(60), &["posts"], true),

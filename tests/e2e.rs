@@ -1262,3 +1262,31 @@ async fn refresh_ahead_regenerates_a_popular_page_before_it_goes_stale() {
     .await;
     assert_eq!(origin.count("/ahead/a"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_always_regenerates_stale_pages_without_visitors() {
+    let origin = Origin::start().await;
+    let config = format!(
+        "{}\n[[route]]\nmatch = \"/always/{{slug}}\"\nrevalidate = 1\nrefresh = \"always\"\n\
+         [[route]]\nmatch = \"/always-long/{{slug}}\"\nrevalidate = 3600\nrefresh = \"always\"\ntags = [\"always-long\"]\n",
+        common::CONFIG
+    );
+    let isr = Isr::start_with(&origin, &config).await;
+    assert_eq!(isr.get("/always/a").await.unwrap().cache(), "MISS");
+    // Nobody asks; the page regenerates as it goes stale, again and again.
+    eventually("two regenerations without a visitor", async || {
+        origin.count("/always/a") >= 3
+    })
+    .await;
+    // A lazy revalidation regenerates such a page at once too, long before its window.
+    assert_eq!(isr.get("/always-long/x").await.unwrap().cache(), "MISS");
+    isr.revalidate(json!({"tag": "always-long"})).await;
+    eventually("the revalidation regenerates it", async || {
+        origin.count("/always-long/x") == 2
+    })
+    .await;
+    // A page of an ordinary route is left alone.
+    isr.get("/fast/b").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(origin.count("/fast/b"), 1);
+}

@@ -60,6 +60,9 @@ pub struct Config {
     pub debug_cache: bool,
     /// `[prebuild]`: pages fetched at start, before any visitor asks.
     pub prebuild: PrebuildConfig,
+    /// `[refresh] max_per_second`: regenerations started per second for `refresh =
+    /// "always"` routes when nobody asks.
+    pub refresh_per_second: u32,
 }
 
 /// The `[prebuild]` table.
@@ -146,6 +149,8 @@ pub struct RouteConfig {
     pub cache: bool,
     /// `refresh = "ahead"`: a HIT past 80 % of the window regenerates the page early.
     pub refresh_ahead: bool,
+    /// `refresh = "always"`: pages regenerate when they go stale, with or without visitors.
+    pub refresh_always: bool,
 }
 
 // ---- the file as written ---------------------------------------------------------
@@ -171,6 +176,14 @@ struct File {
     monitor: FileMonitor,
     #[serde(default)]
     prebuild: FilePrebuild,
+    #[serde(default)]
+    refresh: FileRefresh,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileRefresh {
+    max_per_second: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -433,21 +446,15 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
                 }
             }
         }
-        let refresh_ahead = match r.refresh.as_deref() {
-            None | Some("on-request") => false,
-            Some("ahead") => true,
-            Some("always") => {
-                return Err(locate.value_error(
-                    "refresh",
-                    "always",
-                    "refresh = \"always\" is not available in this version; use \"on-request\" or \"ahead\"",
-                ))
-            }
+        let (refresh_ahead, refresh_always) = match r.refresh.as_deref() {
+            None | Some("on-request") => (false, false),
+            Some("ahead") => (true, false),
+            Some("always") => (false, true),
             Some(other) => {
                 return Err(locate.value_error(
                     "refresh",
                     other,
-                    "expected \"on-request\" or \"ahead\"",
+                    "expected \"on-request\", \"ahead\" or \"always\"",
                 ))
             }
         };
@@ -458,6 +465,7 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
             dynamic: r.dynamic,
             cache: r.cache,
             refresh_ahead,
+            refresh_always,
         });
     }
 
@@ -576,7 +584,13 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         limit: p.limit.unwrap_or(1000),
         concurrency: p.concurrency.unwrap_or(8),
     };
+    let refresh_per_second = match file.refresh.max_per_second {
+        Some(0) => return Err(locate.key_error("max_per_second", "must be at least 1".into())),
+        Some(n) => n,
+        None => 50,
+    };
     Ok(Config {
+        refresh_per_second,
         prebuild,
         admin_listen,
         overdue_after,
@@ -847,10 +861,12 @@ revalidate = false
     fn route_refresh_modes() {
         let c = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\nrefresh = \"ahead\"\n[[route]]\nmatch = \"/b\"\n").unwrap();
         assert!(c.routes[0].refresh_ahead && !c.routes[1].refresh_ahead);
-        let e = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\nrefresh = \"always\"\n")
-            .unwrap_err();
-        assert_eq!((e.line, e.key.as_str()), (4, "refresh"), "{e}");
-        assert!(e.message.contains("not available"), "{e}");
+        let c = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\nrefresh = \"always\"\n[refresh]\nmax_per_second = 5\n").unwrap();
+        assert!(c.routes[0].refresh_always && c.refresh_per_second == 5);
+        assert_eq!(
+            cfg("origin = \"http://a:1\"").unwrap().refresh_per_second,
+            50
+        );
         let e = cfg("origin = \"http://a:1\"\n[[route]]\nmatch = \"/a\"\nrefresh = \"soon\"\n")
             .unwrap_err();
         assert_eq!(e.key, "refresh", "{e}");

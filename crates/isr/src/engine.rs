@@ -119,6 +119,14 @@ struct Flight {
     visitor_waiting: Arc<tokio::sync::Notify>,
 }
 
+/// When each `refresh = "always"` page is due: a min-heap, and the live due time per
+/// key (heap entries that no longer match it are stale and skipped).
+#[derive(Default)]
+struct RefreshSchedule {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, String)>>,
+    due: HashMap<String, u64>,
+}
+
 /// What prebuilding one page did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warmed {
@@ -179,6 +187,8 @@ pub struct Engine {
     regen_slots: Arc<Semaphore>,
     now: Now,
     metrics: Metrics,
+    /// `refresh = "always"` pages by the time they go stale (earliest first).
+    refresh_due: Mutex<RefreshSchedule>,
     /// False while the start-up prebuild runs.
     ready: std::sync::atomic::AtomicBool,
     /// Pages found overdue by the last monitor scan (count, and the first few).
@@ -223,6 +233,7 @@ impl Engine {
             cfg,
             now: Now::new(),
             metrics: Metrics::default(),
+            refresh_due: Mutex::default(),
             ready: std::sync::atomic::AtomicBool::new(true),
             overdue: Mutex::default(),
             last_mark: AtomicU64::new(last),
@@ -243,6 +254,10 @@ impl Engine {
                 wait = every.max(started.elapsed() * 100);
             }
         });
+        if engine.routes.any_refresh_always() {
+            let weak = Arc::downgrade(&engine);
+            tokio::spawn(refresher(weak));
+        }
         if let Some(mut events) = events {
             let weak = Arc::downgrade(&engine);
             tokio::spawn(async move {
@@ -488,6 +503,40 @@ impl Engine {
     /// Marks the start-up prebuild done.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Remembers when a `refresh = "always"` page goes stale, for the refresher (the
+    /// latest call for a key replaces its earlier due time).
+    fn schedule_refresh(&self, key: &str, meta: &crate::entry::Meta) {
+        if let Some(window) = meta.revalidate {
+            if self.routes.refreshes_always(key::path_of(key)) {
+                let due = meta.generated + window;
+                let mut s = self.refresh_due.lock().unwrap_or_else(|e| e.into_inner());
+                s.due.insert(key.to_string(), due);
+                s.heap.push(std::cmp::Reverse((due, key.to_string())));
+            }
+        }
+    }
+
+    /// The `refresh = "always"` pages due by `now`, at most `n` of them.
+    fn due_refreshes(&self, now: u64, n: usize) -> Vec<String> {
+        let mut s = self.refresh_due.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        while out.len() < n
+            && s.heap
+                .peek()
+                .is_some_and(|std::cmp::Reverse((due, _))| *due <= now)
+        {
+            let Some(std::cmp::Reverse((due, key))) = s.heap.pop() else {
+                break;
+            };
+            // A heap entry that a later schedule replaced is skipped.
+            if s.due.get(&key) == Some(&due) {
+                s.due.remove(&key);
+                out.push(key);
+            }
+        }
+        out
     }
 
     /// After a HIT: starts the regeneration early when the page is in the last 20 % of its
@@ -799,6 +848,7 @@ impl Engine {
             }
         }
         self.hot.insert(key, entry.clone());
+        self.schedule_refresh(key, &entry.meta);
         Outcome::Stored(entry)
     }
 
@@ -875,7 +925,8 @@ impl Engine {
             self.clock.apply(t, mark);
             self.store.put_mark(&t.store_name(), mark).await?;
         }
-        if r.eager {
+        if r.eager || self.routes.any_refresh_always() {
+            // Lazy revalidations still regenerate `refresh = "always"` pages at once.
             let engine = self.clone();
             let r = r.clone();
             tokio::spawn(async move { engine.regenerate_affected(&r).await });
@@ -908,6 +959,9 @@ impl Engine {
         }
         keys.sort();
         keys.dedup();
+        if !r.eager {
+            keys.retain(|k| self.routes.refreshes_always(key::path_of(k)));
+        }
         tracing::info!(
             pages = keys.len(),
             "eager revalidation: regenerating affected pages"
@@ -922,6 +976,52 @@ impl Engine {
                 _ => rules.revalidate.unwrap_or(self.cfg.cache.revalidate),
             };
             drop(self.start_flight(&k, true, Some(window), Some(permit)));
+        }
+    }
+}
+
+/// Regenerates `refresh = "always"` pages as they go stale, with or without visitors, at
+/// most `[refresh] max_per_second` a second. Pages stored before the start are found by
+/// one metadata scan at start (the cost of one overdue scan).
+async fn refresher(engine: std::sync::Weak<Engine>) {
+    {
+        let Some(e) = engine.upgrade() else { return };
+        let mut after: Option<String> = None;
+        loop {
+            let page = e
+                .store
+                .list("", after.as_deref(), 1000)
+                .await
+                .unwrap_or_default();
+            for (key, meta) in &page {
+                e.schedule_refresh(key, meta);
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == 1000 => after = Some(k.clone()),
+                _ => break,
+            }
+        }
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(e) = engine.upgrade() else { return };
+        let per_tick = (e.cfg.refresh_per_second as usize).div_ceil(10);
+        let now = e.now();
+        for key in e.due_refreshes(now, per_tick) {
+            let meta = match e.store.get_meta(&key).await {
+                Ok(Some(m)) => m,
+                _ => continue,
+            };
+            if e.freshness(&key, &meta, now) == Freshness::Fresh {
+                continue; // regenerated meanwhile: already scheduled again
+            }
+            e.regenerate_in_background(&key, meta.revalidate);
+            // If this one fails, try again after another window.
+            let retry = crate::entry::Meta {
+                generated: now,
+                ..meta
+            };
+            e.schedule_refresh(&key, &retry);
         }
     }
 }

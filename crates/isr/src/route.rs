@@ -64,6 +64,18 @@ impl Routes {
             .is_ok_and(|m| !self.routes[*m.value].dynamic)
     }
 
+    /// True when the route of `path` has `refresh = "always"`.
+    pub fn refreshes_always(&self, path: &str) -> bool {
+        self.router
+            .at(path)
+            .is_ok_and(|m| self.routes[*m.value].refresh_always)
+    }
+
+    /// True when some route has `refresh = "always"`.
+    pub fn any_refresh_always(&self) -> bool {
+        self.routes.iter().any(|r| r.refresh_always)
+    }
+
     /// True when the route of `path` has `refresh = "ahead"`.
     pub fn refreshes_ahead(&self, path: &str) -> bool {
         self.router
@@ -132,6 +144,7 @@ mod tests {
             dynamic: true,
             cache,
             refresh_ahead: false,
+            refresh_always: false,
         }
     }
 
