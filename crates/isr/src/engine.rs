@@ -331,30 +331,43 @@ impl Engine {
             .clone()
     }
 
+    /// Calls `f` with every stored page's metadata, a thousand pages at a time; returns
+    /// how many pages there were.
+    async fn for_each_stored(
+        &self,
+        mut f: impl FnMut(&[(String, crate::entry::Meta)]),
+    ) -> Result<u64, StoreError> {
+        let (mut after, mut pages): (Option<String>, u64) = (None, 0);
+        loop {
+            let page = self.store.list("", after.as_deref(), 1000).await?;
+            pages += page.len() as u64;
+            f(&page);
+            match page.last() {
+                Some((k, _)) if page.len() == 1000 => after = Some(k.clone()),
+                _ => return Ok(pages),
+            }
+        }
+    }
+
     /// Reads every page's metadata, a thousand at a time, and counts the overdue ones
     /// (run every `overdue_after`, at most every minute, and never more often than every
     /// 100 times its own duration: 7 s of one core per million pages in redb).
     pub async fn scan_overdue(&self) -> Result<(), StoreError> {
         let mut found = Overdue::default();
-        let mut after: Option<String> = None;
-        let (started, mut pages) = (tokio::time::Instant::now(), 0u64);
-        loop {
-            let page = self.store.list("", after.as_deref(), 1000).await?;
-            pages += page.len() as u64;
-            let now = self.now();
-            for (key, meta) in &page {
-                if policy::is_overdue(&meta.timing(), now, self.cfg.overdue_after) {
-                    found.count += 1;
-                    if found.pages.len() < OVERDUE_LISTED {
-                        found.pages.push((key.clone(), meta.clone()));
+        let started = tokio::time::Instant::now();
+        let pages = self
+            .for_each_stored(|page| {
+                let now = self.now();
+                for (key, meta) in page {
+                    if policy::is_overdue(&meta.timing(), now, self.cfg.overdue_after) {
+                        found.count += 1;
+                        if found.pages.len() < OVERDUE_LISTED {
+                            found.pages.push((key.clone(), meta.clone()));
+                        }
                     }
                 }
-            }
-            match page.last() {
-                Some((k, _)) if page.len() == 1000 => after = Some(k.clone()),
-                _ => break,
-            }
-        }
+            })
+            .await?;
         found.scanned_at = self.now();
         tracing::debug!(
             pages,
@@ -986,20 +999,15 @@ impl Engine {
 async fn refresher(engine: std::sync::Weak<Engine>) {
     {
         let Some(e) = engine.upgrade() else { return };
-        let mut after: Option<String> = None;
-        loop {
-            let page = e
-                .store
-                .list("", after.as_deref(), 1000)
-                .await
-                .unwrap_or_default();
-            for (key, meta) in &page {
-                e.schedule_refresh(key, meta);
-            }
-            match page.last() {
-                Some((k, _)) if page.len() == 1000 => after = Some(k.clone()),
-                _ => break,
-            }
+        let seeded = e
+            .for_each_stored(|page| {
+                for (key, meta) in page {
+                    e.schedule_refresh(key, meta);
+                }
+            })
+            .await;
+        if let Err(err) = seeded {
+            tracing::warn!(error = %err, "refresh: could not read the stored pages; only pages stored from now on are scheduled");
         }
     }
     loop {
