@@ -63,6 +63,80 @@ pub struct Config {
     /// `[refresh] max_per_second`: regenerations started per second for `refresh =
     /// "always"` routes when nobody asks.
     pub refresh_per_second: u32,
+    /// `[[cdn]]`: the CDN layers in front of isr, purged on revalidation.
+    pub cdns: Vec<CdnConfig>,
+}
+
+/// One `[[cdn]]` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdnConfig {
+    /// The `cdn` label of `isr_cdn_purges_total` (default: the kind, numbered when a kind
+    /// is repeated).
+    pub name: String,
+    /// What it is and how to reach it.
+    pub kind: CdnKind,
+    /// Send `Surrogate-Key`, `Cache-Tag` and `CDN-Cache-Control` downstream.
+    pub emit_tags: bool,
+    /// Also purge a page after each time-based regeneration that changed its body.
+    pub purge_on_regenerate: bool,
+}
+
+/// The kinds of `[[cdn]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CdnKind {
+    /// `PURGE <url><path>` (Varnish, Squid, nginx `cache_purge`); with `xkey`, tags too.
+    HttpPurge {
+        /// Where the cache listens, e.g. `http://127.0.0.1:6081`.
+        url: String,
+        /// Purge tags with `PURGE <url>/` and an `xkey-purge` header (varnish-modules).
+        xkey: bool,
+        /// `Host` of the purge requests: `public_url`'s host, else `url`'s.
+        host: String,
+    },
+    /// Cloudflare's `purge_cache` API: URLs and `Cache-Tag`s.
+    Cloudflare {
+        /// The zone.
+        zone_id: String,
+        /// The environment variable holding the API token.
+        token_env: String,
+        /// The API's base URL (tests point it at a local receiver).
+        api_url: String,
+        /// `public_url`, the site whose URLs are purged.
+        site: String,
+    },
+    /// Fastly's purge API: surrogate keys (soft by default) and URLs.
+    Fastly {
+        /// The service.
+        service_id: String,
+        /// The environment variable holding the API token.
+        token_env: String,
+        /// The API's base URL.
+        api_url: String,
+        /// Soft purges (`Fastly-Soft-Purge: 1`): objects are marked stale, not removed.
+        soft: bool,
+        /// `public_url`'s host, whose URLs are purged.
+        site_host: String,
+    },
+    /// `POST {"paths": [...], "tags": [...]}` to a URL of yours, HMAC-signed.
+    Webhook {
+        /// Where to post.
+        url: String,
+        /// The environment variable holding the signing secret (its first
+        /// comma-separated value is used).
+        secret_env: String,
+    },
+}
+
+impl CdnKind {
+    /// The `kind` value of the block.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CdnKind::HttpPurge { .. } => "http-purge",
+            CdnKind::Cloudflare { .. } => "cloudflare",
+            CdnKind::Fastly { .. } => "fastly",
+            CdnKind::Webhook { .. } => "webhook",
+        }
+    }
 }
 
 /// The `[prebuild]` table.
@@ -178,6 +252,26 @@ struct File {
     prebuild: FilePrebuild,
     #[serde(default)]
     refresh: FileRefresh,
+    #[serde(default)]
+    cdn: Vec<FileCdn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCdn {
+    kind: String,
+    name: Option<String>,
+    url: Option<String>,
+    xkey: Option<bool>,
+    #[serde(default)]
+    emit_tags: bool,
+    #[serde(default)]
+    purge_on_regenerate: bool,
+    zone_id: Option<String>,
+    service_id: Option<String>,
+    token_env: Option<String>,
+    api_url: Option<String>,
+    soft: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -589,7 +683,9 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         Some(n) => n,
         None => 50,
     };
+    let cdns = parse_cdns(&file.cdn, public_url.as_ref(), &file.secret_env, &locate)?;
     Ok(Config {
+        cdns,
         refresh_per_second,
         prebuild,
         admin_listen,
@@ -610,6 +706,143 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         api_path,
         redis,
     })
+}
+
+/// Validates the `[[cdn]]` blocks: each kind's required keys, no key of another kind.
+fn parse_cdns(
+    blocks: &[FileCdn],
+    public_url: Option<&http::Uri>,
+    secret_env: &Option<String>,
+    locate: &Locator<'_>,
+) -> Result<Vec<CdnConfig>, ConfigError> {
+    let mut out: Vec<CdnConfig> = Vec::new();
+    for b in blocks {
+        let kind = b.kind.as_str();
+        let given = [
+            ("url", b.url.is_some()),
+            ("xkey", b.xkey.is_some()),
+            ("zone_id", b.zone_id.is_some()),
+            ("service_id", b.service_id.is_some()),
+            ("token_env", b.token_env.is_some()),
+            ("api_url", b.api_url.is_some()),
+            ("soft", b.soft.is_some()),
+        ];
+        let allowed: &[&str] = match kind {
+            "http-purge" => &["url", "xkey"],
+            "cloudflare" => &["zone_id", "token_env", "api_url"],
+            "fastly" => &["service_id", "token_env", "api_url", "soft"],
+            "webhook" => &["url", "token_env"],
+            other => {
+                return Err(locate.value_error(
+                    "kind",
+                    other,
+                    "expected \"http-purge\", \"cloudflare\", \"fastly\" or \"webhook\"",
+                ))
+            }
+        };
+        if let Some((key, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+            return Err(locate.key_error(
+                key,
+                format!("not a key of kind = \"{kind}\" (its keys: {})", allowed.join(", ")),
+            ));
+        }
+        let required = |key: &str, v: &Option<String>| {
+            v.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
+                locate.value_error("kind", kind, &format!("kind = \"{kind}\" needs `{key}`"))
+            })
+        };
+        let url_of = |key: &str, text: &str| {
+            parse_url(text, true).map_err(|m| locate.value_error(key, text, &m))
+        };
+        let site = || {
+            public_url.ok_or_else(|| {
+                locate.value_error(
+                    "kind",
+                    kind,
+                    &format!("kind = \"{kind}\" purges URLs of your public site: set public_url"),
+                )
+            })
+        };
+        let api = |default: &str| -> Result<String, ConfigError> {
+            let text = b.api_url.clone().unwrap_or_else(|| default.into());
+            url_of("api_url", &text)?;
+            Ok(text.trim_end_matches('/').to_string())
+        };
+        let cdn_kind = match kind {
+            "http-purge" => {
+                let text = required("url", &b.url)?;
+                let url = url_of("url", &text)?;
+                let host = public_url
+                    .and_then(|u| u.authority())
+                    .or(url.authority())
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                CdnKind::HttpPurge {
+                    url: text.trim_end_matches('/').to_string(),
+                    xkey: b.xkey.unwrap_or(false),
+                    host,
+                }
+            }
+            "cloudflare" => CdnKind::Cloudflare {
+                zone_id: required("zone_id", &b.zone_id)?,
+                token_env: b
+                    .token_env
+                    .clone()
+                    .unwrap_or_else(|| "CLOUDFLARE_API_TOKEN".into()),
+                api_url: api("https://api.cloudflare.com/client/v4")?,
+                site: site()?.to_string().trim_end_matches('/').to_string(),
+            },
+            "fastly" => CdnKind::Fastly {
+                service_id: required("service_id", &b.service_id)?,
+                token_env: b
+                    .token_env
+                    .clone()
+                    .unwrap_or_else(|| "FASTLY_API_TOKEN".into()),
+                api_url: api("https://api.fastly.com")?,
+                soft: b.soft.unwrap_or(true),
+                site_host: site()?
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            },
+            _ => {
+                let text = required("url", &b.url)?;
+                url_of("url", &text)?;
+                CdnKind::Webhook {
+                    url: text,
+                    secret_env: b
+                        .token_env
+                        .clone()
+                        .or_else(|| secret_env.clone())
+                        .unwrap_or_else(|| "ISR_SECRET".into()),
+                }
+            }
+        };
+        let name = match &b.name {
+            Some(n) if n.is_empty() || !n.bytes().all(|c| c.is_ascii_graphic() && c != b'"') => {
+                return Err(locate.value_error("name", n, "use letters, digits and - _ . only"))
+            }
+            Some(n) => n.clone(),
+            None => {
+                let same = out.iter().filter(|c| c.kind.as_str() == kind).count();
+                if same == 0 {
+                    kind.to_string()
+                } else {
+                    format!("{kind}-{}", same + 1)
+                }
+            }
+        };
+        if out.iter().any(|c| c.name == name) {
+            return Err(locate.value_error("name", &name, "two [[cdn]] blocks have this name"));
+        }
+        out.push(CdnConfig {
+            name,
+            kind: cdn_kind,
+            emit_tags: b.emit_tags,
+            purge_on_regenerate: b.purge_on_regenerate,
+        });
+    }
+    Ok(out)
 }
 
 /// An absolute URL with a host; `https` only where `allow_https` (the public URL).
@@ -882,5 +1115,66 @@ revalidate = false
         assert_eq!((e.line, e.key.as_str()), (3, "paths"), "{e}");
         let e = cfg("origin = \"http://a:1\"\n[prebuild]\nconcurrency = 0\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "concurrency"), "{e}");
+    }
+
+    #[test]
+    fn cdn_blocks() {
+        let c = cfg(concat!(
+            "origin = \"http://a:1\"\npublic_url = \"https://www.example.com\"\n",
+            "[[cdn]]\nkind = \"http-purge\"\nurl = \"http://127.0.0.1:6081/\"\nxkey = true\nemit_tags = true\n",
+            "[[cdn]]\nkind = \"cloudflare\"\nzone_id = \"z1\"\n",
+            "[[cdn]]\nkind = \"fastly\"\nservice_id = \"s1\"\nsoft = false\npurge_on_regenerate = true\n",
+            "[[cdn]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n",
+            "[[cdn]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/other\"\ntoken_env = \"HOOK\"\n",
+        ))
+        .unwrap();
+        let names: Vec<_> = c.cdns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["http-purge", "cloudflare", "fastly", "webhook", "webhook-2"]
+        );
+        assert_eq!(
+            c.cdns[0].kind,
+            CdnKind::HttpPurge {
+                url: "http://127.0.0.1:6081".into(),
+                xkey: true,
+                host: "www.example.com".into()
+            }
+        );
+        assert!(c.cdns[0].emit_tags && !c.cdns[0].purge_on_regenerate);
+        assert_eq!(
+            c.cdns[1].kind,
+            CdnKind::Cloudflare {
+                zone_id: "z1".into(),
+                token_env: "CLOUDFLARE_API_TOKEN".into(),
+                api_url: "https://api.cloudflare.com/client/v4".into(),
+                site: "https://www.example.com".into()
+            }
+        );
+        assert!(matches!(&c.cdns[2].kind, CdnKind::Fastly { soft: false, site_host, .. } if site_host == "www.example.com"));
+        assert!(c.cdns[2].purge_on_regenerate);
+        assert!(
+            matches!(&c.cdns[3].kind, CdnKind::Webhook { secret_env, .. } if secret_env == "ISR_SECRET")
+        );
+        assert!(
+            matches!(&c.cdns[4].kind, CdnKind::Webhook { secret_env, .. } if secret_env == "HOOK")
+        );
+    }
+
+    #[test]
+    fn cdn_mistakes_name_the_line_and_key() {
+        let bad = |text: &str| cfg(&format!("origin = \"http://a:1\"\n{text}")).unwrap_err();
+        let e = bad("[[cdn]]\nkind = \"akamai\"\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "kind"), "{e}");
+        let e = bad("[[cdn]]\nkind = \"http-purge\"\n");
+        assert!(e.message.contains("needs `url`"), "{e}");
+        let e = bad("[[cdn]]\nkind = \"http-purge\"\nurl = \"http://v:1\"\nzone_id = \"z\"\n");
+        assert_eq!((e.line, e.key.as_str()), (5, "zone_id"), "{e}");
+        let e = bad("[[cdn]]\nkind = \"cloudflare\"\nzone_id = \"z\"\n");
+        assert!(e.message.contains("public_url"), "{e}");
+        let e = bad("[[cdn]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n");
+        assert_eq!((e.line, e.key.as_str()), (4, "url"), "{e}");
+        let e = bad("[[cdn]]\nkind = \"http-purge\"\nurl = \"http://v:1\"\ncolour = 1\n");
+        assert_eq!((e.line, e.key.as_str()), (5, "colour"), "{e}");
     }
 }

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
+use crate::cdn::{Cdn, Cdns, Purge};
 use crate::config::{Config, Window};
 use crate::entry::Entry;
 use crate::key;
@@ -196,6 +197,17 @@ pub struct Engine {
     /// The latest revalidation mark handed out; generation stamps are kept above the
     /// marks applied before them, so same-millisecond races resolve correctly.
     last_mark: AtomicU64,
+    /// The `[[cdn]]` layers purged after revalidations.
+    cdn: Cdns,
+}
+
+/// The stored pages a revalidation touches.
+#[derive(Default)]
+struct Affected {
+    /// Pages named by path (and their query variants) or under a layout.
+    by_path: Vec<String>,
+    /// Pages carrying one of the tags (looked up only where needed).
+    by_tag: Vec<String>,
 }
 
 impl Engine {
@@ -220,6 +232,7 @@ impl Engine {
             }
         }
         let events = store.events();
+        let cfg_cdns = cfg.cdns.clone();
         let engine = Arc::new(Engine {
             routes: Routes::new(&cfg.routes),
             hot: HotTier::new(cfg.cache.memory),
@@ -237,6 +250,12 @@ impl Engine {
             ready: std::sync::atomic::AtomicBool::new(true),
             overdue: Mutex::default(),
             last_mark: AtomicU64::new(last),
+            cdn: Cdns::start(
+                cfg_cdns
+                    .into_iter()
+                    .map(|c| Cdn::new(c, |v| std::env::var(v).ok()))
+                    .collect(),
+            ),
         });
         let weak = Arc::downgrade(&engine);
         let every = Duration::from_millis(engine.cfg.overdue_after.clamp(1000, 60_000));
@@ -304,6 +323,11 @@ impl Engine {
     /// The counters behind `/_isr/metrics`.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The CDN layers in front of isr.
+    pub fn cdn(&self) -> &Cdns {
+        &self.cdn
     }
 
     /// The memory tier.
@@ -862,6 +886,13 @@ impl Engine {
         }
         self.hot.insert(key, entry.clone());
         self.schedule_refresh(key, &entry.meta);
+        if copy.is_some() && !same_bodies && self.cdn.purges_on_regenerate() {
+            let p = Purge {
+                paths: [key.to_string()].into(),
+                ..Purge::default()
+            };
+            self.cdn.purge(&p, true);
+        }
         Outcome::Stored(entry)
     }
 
@@ -938,58 +969,108 @@ impl Engine {
             self.clock.apply(t, mark);
             self.store.put_mark(&t.store_name(), mark).await?;
         }
-        if r.eager || self.routes.any_refresh_always() {
-            // Lazy revalidations still regenerate `refresh = "always"` pages at once.
+        if r.eager || self.routes.any_refresh_always() || !self.cdn.is_empty() {
             let engine = self.clone();
             let r = r.clone();
-            tokio::spawn(async move { engine.regenerate_affected(&r).await });
+            tokio::spawn(async move { engine.after_revalidation(&r).await });
         }
         Ok(at)
     }
 
-    /// Queues a background regeneration of every stored entry a revalidation touched.
-    async fn regenerate_affected(self: &Arc<Self>, r: &Revalidation) {
-        let mut keys = Vec::new();
-        for t in &r.tags {
-            keys.extend(self.store.keys_with_tag(t).await.unwrap_or_default());
+    /// The background part of a revalidation: regenerates the affected stored pages when
+    /// it is eager (lazy ones too on `refresh = "always"` routes), then purges the CDNs,
+    /// once isr's copies are regenerated (eager) or marked (lazy).
+    async fn after_revalidation(self: &Arc<Self>, r: &Revalidation) {
+        let regenerate = r.eager || self.routes.any_refresh_always();
+        let affected = self
+            .affected(r, |t| regenerate || self.cdn.needs_tag_paths(t))
+            .await;
+        if regenerate {
+            let mut keys: Vec<String> = affected
+                .by_path
+                .iter()
+                .chain(&affected.by_tag)
+                .cloned()
+                .collect();
+            keys.sort();
+            keys.dedup();
+            if !r.eager {
+                // Lazy revalidations still regenerate `refresh = "always"` pages at once.
+                keys.retain(|k| self.routes.refreshes_always(key::path_of(k)));
+            }
+            let flights = self.regenerate_all(keys).await;
+            if r.eager {
+                for mut rx in flights {
+                    let _ = rx.wait_for(Option::is_some).await;
+                }
+            }
+        }
+        if !self.cdn.is_empty() {
+            let purge = Purge {
+                paths: r
+                    .pages
+                    .iter()
+                    .chain(&r.layouts)
+                    .chain(&affected.by_path)
+                    .cloned()
+                    .collect(),
+                tags: r.tags.iter().cloned().collect(),
+                tag_paths: affected.by_tag.into_iter().collect(),
+            };
+            self.cdn.purge(&purge, false);
+        }
+    }
+
+    /// The stored pages a revalidation names: by path and layout always, by tag for the
+    /// tags where `by_tag` says so (a tag over many pages costs one index read).
+    async fn affected(&self, r: &Revalidation, by_tag: impl Fn(&str) -> bool) -> Affected {
+        let mut found = Affected::default();
+        for t in r.tags.iter().filter(|t| by_tag(t)) {
+            found
+                .by_tag
+                .extend(self.store.keys_with_tag(t).await.unwrap_or_default());
         }
         for p in &r.pages {
-            let found = self.store.keys_with_prefix(p).await.unwrap_or_default();
-            keys.extend(found.into_iter().filter(|k| key::path_of(k) == p));
+            let keys = self.store.keys_with_prefix(p).await.unwrap_or_default();
+            found
+                .by_path
+                .extend(keys.into_iter().filter(|k| key::path_of(k) == p));
         }
         for p in &r.layouts {
             let prefix = p.trim_end_matches('/');
-            let found = self
+            let keys = self
                 .store
                 .keys_with_prefix(prefix)
                 .await
                 .unwrap_or_default();
-            keys.extend(
-                found
-                    .into_iter()
+            found.by_path.extend(
+                keys.into_iter()
                     .filter(|k| key::is_under(key::path_of(k), p)),
             );
         }
-        keys.sort();
-        keys.dedup();
-        if !r.eager {
-            keys.retain(|k| self.routes.refreshes_always(key::path_of(k)));
-        }
-        tracing::info!(
-            pages = keys.len(),
-            "eager revalidation: regenerating affected pages"
-        );
+        found
+    }
+
+    /// Starts a background regeneration of each of `keys`, `regen_concurrency` at a time;
+    /// returns their outcomes to wait on.
+    async fn regenerate_all(
+        self: &Arc<Self>,
+        keys: Vec<String>,
+    ) -> Vec<watch::Receiver<Option<Outcome>>> {
+        tracing::info!(pages = keys.len(), "regenerating the revalidated pages");
+        let mut flights = Vec::with_capacity(keys.len());
         for k in keys {
             let Ok(permit) = self.regen_slots.clone().acquire_owned().await else {
-                return;
+                break;
             };
             let rules = self.routes.rules(key::path_of(&k));
             let window = match self.store.get_meta(&k).await {
                 Ok(Some(m)) => m.revalidate,
                 _ => rules.revalidate.unwrap_or(self.cfg.cache.revalidate),
             };
-            drop(self.start_flight(&k, true, Some(window), Some(permit)));
+            flights.push(self.start_flight(&k, true, Some(window), Some(permit)));
         }
+        flights
     }
 }
 

@@ -348,7 +348,20 @@ impl Front {
             HeaderValue::from(policy::secs(timing.age(now))),
         );
         h.insert(header::ETAG, etag.clone());
-        if let Ok(cc) = HeaderValue::from_str(&policy::cache_control(&timing, freshness, now)) {
+        let cache_control = policy::cache_control(&timing, freshness, now);
+        if self.engine.cdn().emits_tags() {
+            if let Some(t) = crate::cdn::TagHeaders::of(&e.meta.tags) {
+                for (name, value) in [("surrogate-key", t.surrogate_key), ("cache-tag", t.cache_tag)] {
+                    if let Ok(v) = HeaderValue::from_str(&value) {
+                        h.insert(name, v);
+                    }
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&crate::cdn::cdn_cache_control(&cache_control)) {
+                h.insert("cdn-cache-control", v);
+            }
+        }
+        if let Ok(cc) = HeaderValue::from_str(&cache_control) {
             h.insert(header::CACHE_CONTROL, cc);
         }
         if e.varies() {
@@ -446,7 +459,9 @@ impl Front {
             memory_tier_bytes: self.engine.hot().bytes(),
             pages_overdue: self.engine.overdue().count,
         };
-        let mut res = plain(StatusCode::OK, &self.engine.metrics().render(&gauges));
+        let mut text = self.engine.metrics().render(&gauges);
+        self.engine.cdn().render_metrics(&mut text);
+        let mut res = plain(StatusCode::OK, &text);
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -30,6 +30,9 @@
 //! - [`front`]: the HTTP server, the `/_isr/` routes and response headers. Connections
 //!   start in its *hit lane*, which answers plain `GET`/`HEAD` hits on pages in memory
 //!   straight from the socket and hands anything else to hyper.
+//! - [`cdn`]: purging the CDN layers in front of isr (`[[cdn]]`: HTTP `PURGE` with
+//!   Varnish xkey tags, Cloudflare, Fastly, a signed webhook) after revalidations, batched
+//!   and retried by one background worker per CDN, and the tag headers sent downstream.
 //! - [`admin`]: the admin page (server-rendered HTML, login sessions, CSRF tokens) and the
 //!   status JSON; [`metrics`]: the counters behind `/_isr/metrics`.
 //! - [`config`], [`key`], [`route`], [`api`]: configuration, cache keys, routes and the
@@ -39,6 +42,7 @@
 pub mod admin;
 pub mod api;
 pub mod body;
+pub mod cdn;
 pub mod config;
 pub mod engine;
 pub mod entry;
@@ -66,6 +70,9 @@ pub enum StartError {
     /// The data directory cannot be used.
     #[error("{0}")]
     Store(#[from] store::StoreError),
+    /// A `[[cdn]]` cannot be used (its token is missing from the environment).
+    #[error("{0}")]
+    Cdn(String),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -105,6 +112,7 @@ impl Server {
     /// Opens the store (Redis when `cfg.redis` is set, else the embedded store in
     /// `cfg.data_dir`) and binds `cfg.listen`.
     pub async fn bind(cfg: Config, secrets: Secrets) -> Result<Server, StartError> {
+        cdn::check_env(&cfg, |v| std::env::var(v).ok()).map_err(StartError::Cdn)?;
         let store = open_store(&cfg)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -154,7 +154,8 @@ impl Front {
             }
             Freshness::Expired => return None,
         };
-        let body = write_head(out, &e, accept, state, freshness, now);
+        let emit_tags = self.engine.cdn().emits_tags();
+        let body = write_head(out, &e, accept, state, freshness, now, emit_tags);
         self.engine.metrics().request(state as usize);
         Some((!head && e.meta.status != 204).then_some(body))
     }
@@ -168,6 +169,7 @@ fn write_head(
     state: CacheState,
     freshness: Freshness,
     now: u64,
+    emit_tags: bool,
 ) -> Bytes {
     let status = http::StatusCode::from_u16(e.meta.status).unwrap_or(http::StatusCode::OK);
     let (encoding, body) = e.body_for_bytes(accept);
@@ -194,11 +196,16 @@ fn write_head(
         num.format(policy::secs(timing.age(now))).as_bytes(),
     );
     header(out, b"etag", e.etag(encoding).as_bytes());
-    header(
-        out,
-        b"cache-control",
-        policy::cache_control(&timing, freshness, now).as_bytes(),
-    );
+    let cache_control = policy::cache_control(&timing, freshness, now);
+    if emit_tags {
+        if let Some(t) = crate::cdn::TagHeaders::of(&e.meta.tags) {
+            header(out, b"surrogate-key", t.surrogate_key.as_bytes());
+            header(out, b"cache-tag", t.cache_tag.as_bytes());
+        }
+        let cdn = crate::cdn::cdn_cache_control(&cache_control);
+        header(out, b"cdn-cache-control", cdn.as_bytes());
+    }
+    header(out, b"cache-control", cache_control.as_bytes());
     if e.varies() {
         header(out, b"vary", b"Accept-Encoding");
     }
