@@ -5,29 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, free_port, send, Isr, Origin, Reply, Spec, CONFIG, SECRET};
+use common::{eventually, free_port, metric as value, send, Isr, Origin, Reply, Spec, CONFIG, SECRET};
 
 const BEARER: &str = "Bearer test-secret";
 
 async fn metrics(isr: &Isr) -> String {
-    let r = isr
-        .request("GET", "/_isr/metrics", &[("authorization", BEARER)], "")
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
-    assert!(r
-        .header("content-type")
-        .starts_with("text/plain; version=0.0.4"));
-    r.text()
-}
-
-/// The value of one series, e.g. `isr_requests_total{state="HIT"}`.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
-        .parse()
-        .unwrap()
+    isr.metrics().await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -29,6 +29,18 @@ pub struct Spec {
     /// Body; default `page <path> v<n>` where n counts requests for that path.
     pub body: Option<String>,
     pub delay: Duration,
+    /// Statuses of the first requests, in order (then `status`).
+    pub statuses: Vec<u16>,
+}
+
+/// One request the test origin received.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 #[derive(Default)]
@@ -36,6 +48,7 @@ pub struct OriginState {
     specs: HashMap<String, Spec>,
     counts: HashMap<String, usize>,
     last: HashMap<String, (String, HeaderMap, Bytes)>,
+    log: Vec<Logged>,
 }
 
 /// A test origin: counts requests per path, remembers the last request of each path.
@@ -90,6 +103,11 @@ impl Origin {
             .unwrap_or(0)
     }
 
+    /// Every request received so far, in order.
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.lock().unwrap().log.clone()
+    }
+
     /// (path and query, headers, body) of the last request for `path`.
     pub fn last(&self, path: &str) -> (String, HeaderMap, Bytes) {
         self.state
@@ -112,6 +130,7 @@ async fn handle(
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_default();
+    let method = req.method().to_string();
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -125,11 +144,18 @@ async fn handle(
             *c += 1;
             *c
         };
+        s.log.push(Logged {
+            method,
+            target: target.clone(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
         s.last.insert(path.clone(), (target, parts.headers, body));
         (s.specs.get(&path).cloned().unwrap_or_default(), n)
     };
     tokio::time::sleep(spec.delay).await;
-    let mut res = Response::builder().status(spec.status.unwrap_or(200));
+    let status = spec.statuses.get(n - 1).copied().or(spec.status);
+    let mut res = Response::builder().status(status.unwrap_or(200));
     let has_ct = spec
         .headers
         .iter()
@@ -301,6 +327,20 @@ impl Isr {
         .unwrap()
     }
 
+    /// `/_isr/metrics`, read with the secret.
+    pub async fn metrics(&self) -> String {
+        let auth = format!("Bearer {SECRET}");
+        let r = self
+            .request("GET", "/_isr/metrics", &[("authorization", &auth)], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r
+            .header("content-type")
+            .starts_with("text/plain; version=0.0.4"));
+        r.text()
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         Command::new("kill")
@@ -375,6 +415,15 @@ pub async fn send(
         headers: parts.headers,
         body,
     })
+}
+
+/// The value of one series in metrics text, e.g. `isr_requests_total{state="HIT"}`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 /// Waits (bounded) until `f` is true.
