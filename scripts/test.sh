@@ -12,7 +12,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)   # tests/cluster.
 command -v chromium >/dev/null || missing+=(chromium)           # tests/admin_browser.rs
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v varnishd >/dev/null || missing+=(varnish)              # tests/cdn.rs
-[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so ] || missing+=(varnish-modules)
+compgen -G "/usr/lib/*/varnish/vmods/libvmod_xkey.so" >/dev/null || missing+=(varnish-modules)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (needed by the tests)"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi

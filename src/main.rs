@@ -126,6 +126,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn check(config: Option<PathBuf>) -> ExitCode {
+    use isr::config::CdnKind;
     let Some(file) = config_file(config) else {
         eprintln!("isr check: no config file (give --config FILE or create ./isr.toml)");
         return ExitCode::from(2);
@@ -150,6 +151,28 @@ fn check(config: Option<PathBuf>) -> ExitCode {
                     println!("route   {:<30} cache=false", r.pattern);
                 }
             }
+            for c in &cfg.cdns {
+                let to = match &c.kind {
+                    CdnKind::HttpPurge { url, xkey, .. } => format!("{url} xkey={xkey}"),
+                    CdnKind::Cloudflare { zone_id, .. } => format!("zone {zone_id}"),
+                    CdnKind::Fastly {
+                        service_id, soft, ..
+                    } => {
+                        format!("service {service_id} soft={soft}")
+                    }
+                    CdnKind::Webhook { url, .. } => url.clone(),
+                };
+                println!(
+                    "cdn     {:<30} {} {to} emit_tags={} purge_on_regenerate={}",
+                    c.name,
+                    c.kind.as_str(),
+                    c.emit_tags,
+                    c.purge_on_regenerate
+                );
+            }
+            if let Err(e) = isr::cdn::check_env(&cfg, |v| std::env::var(v).ok()) {
+                println!("warning: {e}: isr serve will refuse to start without it");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -164,17 +187,22 @@ fn prebuild(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A progress bar on a terminal (indicatif draws nothing when stderr is not one).
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "prebuild {bar:40} {pos}/{len} pages, {per_sec}, {eta} left",
+        )
+        .expect("a valid template"),
+    );
+    let shown = bar.clone();
     let progress = move |done: usize, total: usize| {
-        if tty {
-            eprint!("\rprebuild: {done}/{total} pages");
-            if done == total {
-                eprintln!();
-            }
-        }
+        shown.set_length(total as u64);
+        shown.set_position(done as u64);
     };
     runtime().block_on(async move {
-        match isr::prebuild_once(cfg, &progress).await {
+        let result = isr::prebuild_once(cfg, &progress).await;
+        bar.finish_and_clear();
+        match result {
             Ok(r) => {
                 println!(
                     "prebuilt {} pages: {} stored, {} already fresh, {} failed",

@@ -24,7 +24,10 @@ impl Varnish {
         let vcl = dir.path().join("isr.vcl");
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/isr.vcl"))
             .unwrap()
-            .replace("127.0.0.1\"; .port = \"8080", &format!("{}\"; .port = \"{}", backend.ip(), backend.port()));
+            .replace(
+                "127.0.0.1\"; .port = \"8080",
+                &format!("{}\"; .port = \"{}", backend.ip(), backend.port()),
+            );
         // The test also wants to see whether Varnish answered from its cache.
         let text = text.replace(
             "sub vcl_deliver {",
@@ -95,9 +98,7 @@ fn body(l: &Logged) -> Value {
 }
 
 fn header<'a>(l: &'a Logged, name: &str) -> &'a str {
-    l.headers
-        .get(name)
-        .map_or("", |v| v.to_str().unwrap_or(""))
+    l.headers.get(name).map_or("", |v| v.to_str().unwrap_or(""))
 }
 
 const BLOG: &str = r#"
@@ -135,22 +136,35 @@ url = \"{}\"
 
     for path in ["/blog/a", "/blog/b"] {
         let first = through(path).await;
-        assert!(first.text().contains(&format!("page {path} v1")), "{}", first.text());
+        assert!(
+            first.text().contains(&format!("page {path} v1")),
+            "{}",
+            first.text()
+        );
         let again = through(path).await;
         assert_eq!(again.header("x-varnish-cache"), "HIT", "{path}");
     }
     assert_eq!(origin.count("/blog/a"), 1);
 
     // An eager tag revalidation: isr regenerates, then purges Varnish by xkey.
-    let r = isr.revalidate(json!({"tag": "post-a", "eager": true})).await;
+    let r = isr
+        .revalidate(json!({"tag": "post-a", "eager": true}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    within("the xkey purge", async || purges(&isr, "http-purge", "ok").await >= 1.0).await;
+    within("the xkey purge", async || {
+        purges(&isr, "http-purge", "ok").await >= 1.0
+    })
+    .await;
     let next = through("/blog/a").await;
     assert_eq!(next.header("x-varnish-cache"), "MISS");
     assert_eq!(next.cache(), "HIT", "isr regenerated before purging");
     assert!(next.text().contains("page /blog/a v2"), "{}", next.text());
     let other = through("/blog/b").await;
-    assert_eq!(other.header("x-varnish-cache"), "HIT", "an untagged page stays");
+    assert_eq!(
+        other.header("x-varnish-cache"),
+        "HIT",
+        "an untagged page stays"
+    );
     assert!(other.text().contains("v1"));
 
     // A path with mode = expire: purged by URL; the next visitor waits for fresh content.
@@ -158,7 +172,10 @@ url = \"{}\"
         .revalidate(json!({"path": "/blog/b", "mode": "expire"}))
         .await;
     assert_eq!(r.status, 200);
-    within("the path purge", async || purges(&isr, "http-purge", "ok").await >= 2.0).await;
+    within("the path purge", async || {
+        purges(&isr, "http-purge", "ok").await >= 2.0
+    })
+    .await;
     let next = through("/blog/b").await;
     assert_eq!(next.cache(), "MISS");
     assert!(next.text().contains("page /blog/b v2"), "{}", next.text());
@@ -265,7 +282,10 @@ async fn cloudflare_fastly_and_webhook_get_the_requests_their_apis_document() {
 
     let cf = "/client/v4/zones/Z1/purge_cache";
     let files = find("POST", cf, Some("files"));
-    assert_eq!(body(&files), json!({"files": ["https://www.example.com/blog/a"]}));
+    assert_eq!(
+        body(&files),
+        json!({"files": ["https://www.example.com/blog/a"]})
+    );
     assert_eq!(header(&files, "authorization"), "Bearer cf-token");
     assert_eq!(header(&files, "content-type"), "application/json");
     let tags = find("POST", cf, Some("tags"));
@@ -280,7 +300,10 @@ async fn cloudflare_fastly_and_webhook_get_the_requests_their_apis_document() {
     assert_eq!(header(&url, "fastly-soft-purge"), "1");
 
     let hook = find("POST", "/hook", None);
-    assert_eq!(body(&hook), json!({"paths": ["/blog/a"], "tags": ["posts"]}));
+    assert_eq!(
+        body(&hook),
+        json!({"paths": ["/blog/a"], "tags": ["posts"]})
+    );
     assert_eq!(
         header(&hook, "x-isr-signature"),
         isr::cdn::sign(b"hook-secret", &hook.body)
@@ -300,9 +323,15 @@ async fn cloudflare_fastly_and_webhook_get_the_requests_their_apis_document() {
         .map(|l| body(l)["tags"].as_array().unwrap().len())
         .collect();
     assert_eq!(cf_sizes, [100, 100, 50]);
-    let fastly: Vec<&Logged> = new.iter().filter(|l| l.target == "/service/S1/purge").collect();
+    let fastly: Vec<&Logged> = new
+        .iter()
+        .filter(|l| l.target == "/service/S1/purge")
+        .collect();
     assert_eq!(fastly.len(), 1);
-    assert_eq!(body(fastly[0])["surrogate_keys"].as_array().unwrap().len(), 250);
+    assert_eq!(
+        body(fastly[0])["surrogate_keys"].as_array().unwrap().len(),
+        250
+    );
     for (cdn, ok) in [("cloudflare", 5.0), ("fastly", 3.0), ("webhook", 2.0)] {
         assert_eq!(purges(&isr, cdn, "ok").await, ok, "{cdn}");
     }
@@ -341,13 +370,26 @@ async fn failed_purges_are_retried_with_backoff_and_counted_without_delaying_any
     assert_eq!(purges(&isr, "webhook", "ok").await, 0.0);
     assert_eq!(isr.get("/blog/a").await.unwrap().cache(), "STALE");
 
-    within("Cloudflare's third try", async || purges(&isr, "cloudflare", "ok").await == 1.0).await;
+    within("Cloudflare's third try", async || {
+        purges(&isr, "cloudflare", "ok").await == 1.0
+    })
+    .await;
     assert_eq!(purges(&isr, "cloudflare", "retried").await, 2.0);
     assert_eq!(receiver.count("/client/v4/zones/Z1/purge_cache"), 3);
-    within("Fastly's refusal", async || purges(&isr, "fastly", "failed").await == 1.0).await;
-    assert_eq!(purges(&isr, "fastly", "retried").await, 0.0, "a 403 is not retried");
+    within("Fastly's refusal", async || {
+        purges(&isr, "fastly", "failed").await == 1.0
+    })
+    .await;
+    assert_eq!(
+        purges(&isr, "fastly", "retried").await,
+        0.0,
+        "a 403 is not retried"
+    );
     assert_eq!(receiver.count("/service/S1/purge"), 1);
-    within("the slow webhook", async || purges(&isr, "webhook", "ok").await == 1.0).await;
+    within("the slow webhook", async || {
+        purges(&isr, "webhook", "ok").await == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,7 +416,10 @@ async fn purge_on_regenerate_purges_pages_whose_content_changed() {
     isr.get("/fast/y").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     isr.get("/fast/y").await.unwrap();
-    within("the second regeneration", async || origin.count("/fast/y") == 2).await;
+    within("the second regeneration", async || {
+        origin.count("/fast/y") == 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count("/purge/www.example.com/fast/y"), 0);
 }

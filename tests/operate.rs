@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, free_port, metric as value, send, Isr, Origin, Reply, Spec, CONFIG, SECRET};
+use common::{
+    eventually, free_port, metric as value, send, Isr, Origin, Reply, Spec, CONFIG, SECRET,
+};
 
 const BEARER: &str = "Bearer test-secret";
 

@@ -53,9 +53,7 @@ impl Purge {
 /// Whether a tag can travel in a `Surrogate-Key`/`Cache-Tag`/`xkey` header: printable
 /// ASCII without spaces or commas, at most 1,024 bytes (Fastly's and Cloudflare's rule).
 pub fn is_header_tag(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= 1024
-        && tag.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+    !tag.is_empty() && tag.len() <= 1024 && tag.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
 /// Whether `kind` can purge by tag (else it is sent the tagged pages' paths).
@@ -106,7 +104,7 @@ impl Cdn {
     /// `cfg` with its secret looked up by `env` (the secret never appears in `Debug`).
     pub fn new(cfg: CdnConfig, env: impl Fn(&str) -> Option<String>) -> Cdn {
         let secret = secret_env(&cfg.kind)
-            .and_then(|v| env(v))
+            .and_then(env)
             .map(|s| s.split(',').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
         Cdn { cfg, secret }
@@ -259,7 +257,10 @@ pub fn requests(cdn: &Cdn, p: &Purge) -> Vec<PurgeRequest> {
                     url: url.clone(),
                     headers: vec![
                         ("content-type", "application/json".to_string()),
-                        ("x-isr-signature", sign(cdn.secret.as_bytes(), body.as_bytes())),
+                        (
+                            "x-isr-signature",
+                            sign(cdn.secret.as_bytes(), body.as_bytes()),
+                        ),
                     ],
                     body,
                 });
@@ -526,7 +527,11 @@ async fn attempt_once(
         Ok(Ok((status, retry_after, body))) => {
             let text = String::from_utf8_lossy(&body[..body.len().min(300)]).to_string();
             let retry = status.is_server_error() || status.as_u16() == 429;
-            Err((retry, retry_after, format!("answered {status}: {}", text.trim())))
+            Err((
+                retry,
+                retry_after,
+                format!("answered {status}: {}", text.trim()),
+            ))
         }
     }
 }
@@ -567,7 +572,8 @@ mod tests {
     #[test]
     fn http_purge_sends_tagged_paths_without_xkey_and_tags_with_it() {
         let p = purge(&["/a?x=1"], &["posts"], &["/b", "/c"]);
-        let urls = |c: &Cdn| -> Vec<String> { requests(c, &p).into_iter().map(|r| r.url).collect() };
+        let urls =
+            |c: &Cdn| -> Vec<String> { requests(c, &p).into_iter().map(|r| r.url).collect() };
         assert_eq!(
             urls(&http_purge(false)),
             [
@@ -619,7 +625,9 @@ mod tests {
             assert_eq!(r.method, Method::POST);
             assert_eq!(r.url, "http://127.0.0.1:1/client/v4/zones/Z/purge_cache");
             assert!(r.headers.contains(&("authorization", "Bearer tok".into())));
-            assert!(r.headers.contains(&("content-type", "application/json".into())));
+            assert!(r
+                .headers
+                .contains(&("content-type", "application/json".into())));
         }
         let body = |i: usize| serde_json::from_str::<serde_json::Value>(&reqs[i].body).unwrap();
         assert_eq!(body(0)["files"].as_array().unwrap().len(), 100);

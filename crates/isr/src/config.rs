@@ -743,7 +743,10 @@ fn parse_cdns(
         if let Some((key, _)) = given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
             return Err(locate.key_error(
                 key,
-                format!("not a key of kind = \"{kind}\" (its keys: {})", allowed.join(", ")),
+                format!(
+                    "not a key of kind = \"{kind}\" (its keys: {})",
+                    allowed.join(", ")
+                ),
             ));
         }
         let required = |key: &str, v: &Option<String>| {
@@ -1151,7 +1154,9 @@ revalidate = false
                 site: "https://www.example.com".into()
             }
         );
-        assert!(matches!(&c.cdns[2].kind, CdnKind::Fastly { soft: false, site_host, .. } if site_host == "www.example.com"));
+        assert!(
+            matches!(&c.cdns[2].kind, CdnKind::Fastly { soft: false, site_host, .. } if site_host == "www.example.com")
+        );
         assert!(c.cdns[2].purge_on_regenerate);
         assert!(
             matches!(&c.cdns[3].kind, CdnKind::Webhook { secret_env, .. } if secret_env == "ISR_SECRET")

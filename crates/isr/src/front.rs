@@ -351,7 +351,10 @@ impl Front {
         let cache_control = policy::cache_control(&timing, freshness, now);
         if self.engine.cdn().emits_tags() {
             if let Some(t) = crate::cdn::TagHeaders::of(&e.meta.tags) {
-                for (name, value) in [("surrogate-key", t.surrogate_key), ("cache-tag", t.cache_tag)] {
+                for (name, value) in [
+                    ("surrogate-key", t.surrogate_key),
+                    ("cache-tag", t.cache_tag),
+                ] {
                     if let Ok(v) = HeaderValue::from_str(&value) {
                         h.insert(name, v);
                     }
