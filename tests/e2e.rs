@@ -1296,3 +1296,24 @@ async fn refresh_always_regenerates_stale_pages_without_visitors() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(origin.count("/fast/b"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_always_schedules_the_pages_stored_before_a_restart() {
+    let origin = Origin::start().await;
+    let config = format!(
+        "{}\n[[route]]\nmatch = \"/always/{{slug}}\"\nrevalidate = 1\nrefresh = \"always\"\n",
+        common::CONFIG
+    );
+    let mut isr = Isr::start_with(&origin, &config).await;
+    assert_eq!(isr.get("/always/r").await.unwrap().cache(), "MISS");
+    let code = tokio::task::block_in_place(|| isr.terminate());
+    assert_eq!(code, Some(0));
+    assert_eq!(origin.count("/always/r"), 1);
+    // Nobody visits the restarted node: only its start-up scan can know about the page.
+    let _restarted = Isr::spawn(&origin, &isr.data_dir, &isr.config).await;
+    eventually(
+        "a regeneration after the restart, without a visitor",
+        async || origin.count("/always/r") >= 2,
+    )
+    .await;
+}

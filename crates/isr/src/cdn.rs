@@ -353,6 +353,8 @@ struct Worker {
 #[derive(Default)]
 pub struct Cdns {
     workers: Vec<Arc<Worker>>,
+    /// Any CDN has `emit_tags` (read on every hit, so kept as one flag).
+    emit_tags: bool,
 }
 
 impl Cdns {
@@ -384,7 +386,8 @@ impl Cdns {
         for w in &workers {
             tokio::spawn(run(w.clone(), client.clone()));
         }
-        Cdns { workers }
+        let emit_tags = workers.iter().any(|w| w.cdn.cfg.emit_tags);
+        Cdns { workers, emit_tags }
     }
 
     /// No CDN is configured.
@@ -400,7 +403,7 @@ impl Cdns {
 
     /// Whether any CDN wants tag headers on responses.
     pub fn emits_tags(&self) -> bool {
-        self.workers.iter().any(|w| w.cdn.cfg.emit_tags)
+        self.emit_tags
     }
 
     /// Whether any CDN purges after time-based regenerations.
