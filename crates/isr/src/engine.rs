@@ -586,10 +586,19 @@ impl Engine {
         }
     }
 
-    /// Regenerates `key` now, outside single-flight (`x-prerender-revalidate`).
+    /// Regenerates `key` now, outside single-flight (`x-prerender-revalidate`); an
+    /// on-demand revalidation of one page, so the CDNs are purged of it once it is stored.
     pub async fn regenerate_now(self: &Arc<Self>, key: &str) -> Outcome {
         let copy = self.lookup(key).await.map(|e| e.meta.revalidate);
-        self.produce(key, copy).await
+        let outcome = self.produce(key, copy).await;
+        if matches!(outcome, Outcome::Stored(_)) && !self.cdn.is_empty() {
+            let p = Purge {
+                paths: [key.to_string()].into(),
+                ..Purge::default()
+            };
+            self.cdn.purge(&p, false);
+        }
+        outcome
     }
 
     fn in_backoff(&self, key: &str, now: u64) -> bool {
