@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, send, Isr, Origin, Spec, SECRET};
+use common::{eventually, raw, read_responses, send, Isr, Origin, Spec, SECRET};
 use serde_json::json;
 
 fn spec_headers(headers: &[(&str, &str)]) -> Spec {
@@ -1091,47 +1091,6 @@ fn an_unusable_data_dir_or_a_busy_port_exits_2_with_a_clear_message() {
     let out = run(&["--listen", &addr, "--data-dir", data.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
-}
-
-/// Raw HTTP/1.1 on one connection: writes `requests` at once, reads until `responses`
-/// complete responses arrived (bodies read by their content-length).
-async fn raw(isr: &Isr, requests: &str, responses: usize) -> Vec<(String, String)> {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(isr.addr).await.unwrap();
-    s.write_all(requests.as_bytes()).await.unwrap();
-    read_responses(&mut s, responses).await
-}
-
-async fn read_responses(s: &mut tokio::net::TcpStream, responses: usize) -> Vec<(String, String)> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    while out.len() < responses {
-        let mut chunk = [0u8; 65536];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert!(n > 0, "connection closed after {} responses", out.len());
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let len = if head.starts_with("http/1.1 304") {
-                0
-            } else {
-                head.lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .map_or(0, |v| v.trim().parse().unwrap())
-            };
-            if buf.len() < end + 4 + len {
-                break;
-            }
-            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-            buf.drain(..end + 4 + len);
-            out.push((head, body));
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

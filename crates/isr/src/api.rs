@@ -1,14 +1,11 @@
-//! The revalidation API: checking the secret and parsing the request body (pure), and
-//! the typed errors it answers with.
+//! The revalidation API: checking the secret and parsing the request body (pure), the
+//! typed errors it answers with, and the limit on wrong secrets per client address.
 
 use http::StatusCode;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::engine::Revalidation;
-
-/// Largest accepted request body.
-pub const MAX_BODY: usize = 64 * 1024;
 
 /// An API failure: its status and the message sent as `{"error": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,9 +214,93 @@ pub fn form_decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Counts wrong secrets per client address in one-minute windows: past `limit` in a
+/// window, the address is refused (429) until the window ends, even with the right
+/// secret, so a secret cannot be guessed faster than `limit` tries a minute.
+pub struct SecretThrottle {
+    limit: u32,
+    /// Address → (start of its window in unix ms, failures in it).
+    seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u64, u32)>>,
+}
+
+/// One throttle window.
+const WINDOW_MS: u64 = 60_000;
+/// Addresses remembered at most (older windows are forgotten first).
+const MAX_TRACKED: usize = 100_000;
+
+impl SecretThrottle {
+    /// At most `limit` wrong secrets a minute per address (0: no limit).
+    pub fn new(limit: u32) -> SecretThrottle {
+        SecretThrottle {
+            limit,
+            seen: Default::default(),
+        }
+    }
+
+    /// Seconds until `ip` may try again, when it is refused now.
+    pub fn blocked(&self, ip: std::net::IpAddr, now: u64) -> Option<u64> {
+        if self.limit == 0 {
+            return None;
+        }
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, failures) = *seen.get(&ip)?;
+        let ends = start + WINDOW_MS;
+        (failures >= self.limit && now < ends).then(|| (ends - now).div_ceil(1000))
+    }
+
+    /// Records a wrong secret from `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr, now: u64) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_TRACKED && !seen.contains_key(&ip) {
+            seen.retain(|_, (start, _)| now < *start + WINDOW_MS);
+            if seen.len() >= MAX_TRACKED {
+                seen.clear();
+            }
+        }
+        let w = seen.entry(ip).or_insert((now, 0));
+        if now >= w.0 + WINDOW_MS {
+            *w = (now, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+    }
+
+    /// The 429 answer for an address refused for `wait` more seconds.
+    pub fn refusal(wait: u64) -> ApiError {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("too many wrong secrets from this address: try again in {wait} s"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrong_secrets_are_limited_per_address_and_minute() {
+        let t = SecretThrottle::new(3);
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        for i in 0..3 {
+            assert_eq!(t.blocked(a, 1000 + i), None);
+            t.failed(a, 1000 + i);
+        }
+        assert_eq!(t.blocked(a, 1500), Some(60));
+        assert_eq!(t.blocked(a, 60_500), Some(1));
+        assert_eq!(t.blocked(b, 1500), None, "another address is not affected");
+        assert_eq!(t.blocked(a, 61_000), None, "the window ended");
+        t.failed(a, 61_000);
+        assert_eq!(t.blocked(a, 61_001), None, "a new window counts from zero");
+        let off = SecretThrottle::new(0);
+        for i in 0..100 {
+            off.failed(a, i);
+        }
+        assert_eq!(off.blocked(a, 100), None);
+    }
 
     fn secrets() -> Secrets {
         Secrets::parse("old, new")

@@ -65,6 +65,39 @@ pub struct Config {
     pub refresh_per_second: u32,
     /// `[[cdn]]`: the CDN layers in front of isr, purged on revalidation.
     pub cdns: Vec<CdnConfig>,
+    /// `[limits]`: what one client may take.
+    pub limits: Limits,
+}
+
+/// The `[limits]` table: bounds on what one client or connection may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A request head must arrive within this (slowloris); an idle keep-alive
+    /// connection is closed after it.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers); larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Connections served at once per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Longest time to produce a response head; then 504.
+    pub request_timeout: Duration,
+    /// Largest revalidation API body; larger ones get 413.
+    pub max_api_body: usize,
+    /// Wrong secrets accepted from one client address a minute; then 429.
+    pub failed_secrets_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 65536,
+            max_connections: 10_000,
+            request_timeout: Duration::from_secs(60),
+            max_api_body: 64 * 1024,
+            failed_secrets_per_minute: 10,
+        }
+    }
 }
 
 /// One `[[cdn]]` block.
@@ -254,6 +287,19 @@ struct File {
     refresh: FileRefresh,
     #[serde(default)]
     cdn: Vec<FileCdn>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    header_read_timeout: Option<DurationValue>,
+    max_header_bytes: Option<SizeValue>,
+    max_connections: Option<usize>,
+    request_timeout: Option<DurationValue>,
+    max_api_body: Option<SizeValue>,
+    failed_secrets_per_minute: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -684,7 +730,9 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         None => 50,
     };
     let cdns = parse_cdns(&file.cdn, public_url.as_ref(), &file.secret_env, &locate)?;
+    let limits = parse_limits(&file.limits, &locate)?;
     Ok(Config {
+        limits,
         cdns,
         refresh_per_second,
         prebuild,
@@ -705,6 +753,53 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         routes,
         api_path,
         redis,
+    })
+}
+
+/// Validates `[limits]`: every value must leave isr usable.
+fn parse_limits(l: &FileLimits, locate: &Locator<'_>) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let duration = |key: &str, v: &Option<DurationValue>, default: Duration| match v {
+        None => Ok(default),
+        Some(v) => match v.ms() {
+            Ok(0) => Err(locate.key_error(key, "must be more than 0".into())),
+            Ok(ms) => Ok(Duration::from_millis(ms)),
+            Err(m) => Err(locate.key_error(key, m)),
+        },
+    };
+    let size = |key: &str, v: &Option<SizeValue>, default: usize, min: u64| match v {
+        None => Ok(default),
+        Some(v) => match v.bytes() {
+            Ok(n) if n < min => Err(locate.key_error(key, format!("must be at least {min} bytes"))),
+            Ok(n) => Ok(n as usize),
+            Err(m) => Err(locate.key_error(key, m)),
+        },
+    };
+    let at_least_one = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(locate.key_error(key, "must be at least 1".into())),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(Limits {
+        header_read_timeout: duration(
+            "header_read_timeout",
+            &l.header_read_timeout,
+            d.header_read_timeout,
+        )?,
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        max_header_bytes: size(
+            "max_header_bytes",
+            &l.max_header_bytes,
+            d.max_header_bytes,
+            8192,
+        )?,
+        max_connections: at_least_one("max_connections", l.max_connections, d.max_connections)?,
+        request_timeout: duration("request_timeout", &l.request_timeout, d.request_timeout)?,
+        max_api_body: size("max_api_body", &l.max_api_body, d.max_api_body, 1024)?,
+        failed_secrets_per_minute: match l.failed_secrets_per_minute {
+            Some(n) => n,
+            None => d.failed_secrets_per_minute,
+        },
     })
 }
 
@@ -1181,5 +1276,30 @@ revalidate = false
         assert_eq!((e.line, e.key.as_str()), (4, "url"), "{e}");
         let e = bad("[[cdn]]\nkind = \"http-purge\"\nurl = \"http://v:1\"\ncolour = 1\n");
         assert_eq!((e.line, e.key.as_str()), (5, "colour"), "{e}");
+    }
+
+    #[test]
+    fn limits_table() {
+        let c = cfg("origin = \"http://a:1\"").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let c = cfg("origin = \"http://a:1\"\n[limits]\nheader_read_timeout = \"2s\"\nmax_header_bytes = \"16KiB\"\nmax_connections = 5\nrequest_timeout = 3\nmax_api_body = 2048\nfailed_secrets_per_minute = 0\n").unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                header_read_timeout: Duration::from_secs(2),
+                max_header_bytes: 16384,
+                max_connections: 5,
+                request_timeout: Duration::from_secs(3),
+                max_api_body: 2048,
+                failed_secrets_per_minute: 0,
+            }
+        );
+        let bad = |t: &str| cfg(&format!("origin = \"http://a:1\"\n[limits]\n{t}\n")).unwrap_err();
+        let e = bad("max_header_bytes = 100");
+        assert_eq!((e.line, e.key.as_str()), (3, "max_header_bytes"), "{e}");
+        let e = bad("max_connections = 0");
+        assert_eq!((e.line, e.key.as_str()), (3, "max_connections"), "{e}");
+        let e = bad("request_timeout = \"0s\"");
+        assert_eq!((e.line, e.key.as_str()), (3, "request_timeout"), "{e}");
     }
 }

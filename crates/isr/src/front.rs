@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::api::{self, ApiError, Secrets};
+use crate::api::{self, ApiError, SecretThrottle, Secrets};
 
 mod lane;
 use crate::body::Body;
@@ -68,6 +68,7 @@ pub struct Front {
     engine: Arc<Engine>,
     secrets: Secrets,
     sessions: admin::Sessions,
+    throttle: SecretThrottle,
 }
 
 impl Front {
@@ -80,6 +81,7 @@ impl Front {
             );
         }
         Arc::new(Front {
+            throttle: SecretThrottle::new(engine.config().limits.failed_secrets_per_minute),
             engine,
             secrets,
             sessions: admin::Sessions::default(),
@@ -99,8 +101,16 @@ impl Front {
         let connections = hyper_util::server::graceful::GracefulShutdown::new();
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let lane_connections: lane::Tracker = Arc::default();
+        let limits = self.engine.config().limits.clone();
+        // At most max_connections at once: past that, new connections wait in the
+        // kernel's backlog until one closes.
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         tokio::pin!(shutdown);
         loop {
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s.expect("never closed"),
+                () = &mut shutdown => break,
+            };
             let (stream, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -117,7 +127,10 @@ impl Front {
             let watcher = connections.watcher();
             let mut stopping = stopping.clone();
             let in_lane = lane_connections.clone();
+            let request_timeout = limits.request_timeout;
+            let (head_timeout, max_head) = (limits.header_read_timeout, limits.max_header_bytes);
             tokio::spawn(async move {
+                let _slot = slot;
                 let mut stream = stream;
                 // Hits on the public listener are answered without hyper until a request
                 // needs it; the private listener goes straight to hyper.
@@ -132,11 +145,24 @@ impl Front {
                 drop(in_lane);
                 let service = service_fn(move |req| {
                     let front = front.clone();
-                    async move { Ok::<_, Infallible>(front.handle(req, remote, trusted).await) }
+                    async move {
+                        let answer = front.handle(req, remote, trusted);
+                        let res = tokio::time::timeout(request_timeout, answer)
+                            .await
+                            .unwrap_or_else(|_| {
+                                tracing::warn!(client = %remote.ip(), timeout = ?request_timeout, "request took longer than [limits] request_timeout");
+                                plain(
+                                    StatusCode::GATEWAY_TIMEOUT,
+                                    "the request took longer than request_timeout\n",
+                                )
+                            });
+                        Ok::<_, Infallible>(res)
+                    }
                 });
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10));
+                    .header_read_timeout(head_timeout)
+                    .max_buf_size(max_head);
                 let io = TokioIo::new(lane::Rewind {
                     prefix,
                     inner: stream,
@@ -176,7 +202,11 @@ impl Front {
                 req.uri().query(),
                 &self.engine.config().cache.ignore_query,
             );
-            (req.method().clone(), key, tokio::time::Instant::now())
+            (
+                req.method().clone(),
+                redact_secret(key),
+                tokio::time::Instant::now(),
+            )
         });
         let res = self.answer(req, remote, trusted).await;
         let state = res.headers().get(X_ISR_CACHE).map(HeaderValue::as_bytes);
@@ -216,11 +246,15 @@ impl Front {
         trusted: bool,
     ) -> Response<Body> {
         let path = req.uri().path();
+        let peer = Peer {
+            ip: remote.ip(),
+            trusted,
+        };
         if path.starts_with("/_isr/") {
-            return self.isr_route(req, trusted).await;
+            return self.isr_route(req, peer).await;
         }
         if self.engine.config().api_path.as_deref() == Some(path) {
-            return self.revalidate_api(req, trusted).await;
+            return self.revalidate_api(req, peer).await;
         }
         if trusted {
             return plain(
@@ -240,7 +274,15 @@ impl Front {
             // (A path a `dynamic = false` route does not know is never fetched.)
             let unknown = self.engine.is_unknown_static(key::path_of(&key))
                 && self.engine.lookup(&key).await.is_none();
-            if self.secrets.accepts(s.as_bytes()) && !unknown {
+            // A wrong secret counts towards the address's limit; while the address is
+            // refused, the header is ignored (an ordinary request), even with the secret.
+            let now = self.engine.now();
+            let accepted = self.throttle.blocked(remote.ip(), now).is_none()
+                && self.secrets.accepts(s.as_bytes());
+            if !accepted {
+                self.throttle.failed(remote.ip(), now);
+            }
+            if accepted && !unknown {
                 let outcome = self.engine.regenerate_now(&key).await;
                 return match outcome {
                     Outcome::Stored(e) => self.cached(&req, &key, &e, CacheState::Revalidated),
@@ -401,9 +443,16 @@ impl Front {
         }
     }
 
-    async fn isr_route(&self, req: Request<Incoming>, trusted: bool) -> Response<Body> {
+    async fn isr_route(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let path = req.uri().path();
+        if !peer.trusted && (path == "/_isr/metrics" || path.starts_with("/_isr/admin")) {
+            if let Some(wait) = self.throttle.blocked(peer.ip, self.engine.now()) {
+                let e = SecretThrottle::refusal(wait);
+                return json(e.status, &e.body());
+            }
+        }
         match (req.method(), req.uri().path()) {
-            (_, "/_isr/revalidate") => self.revalidate_api(req, trusted).await,
+            (_, "/_isr/revalidate") => self.revalidate_api(req, peer).await,
             (_, "/_isr/health") => {
                 let wants_ready = req.uri().query().is_some_and(|q| {
                     q.split('&')
@@ -415,12 +464,12 @@ impl Front {
                     plain(StatusCode::OK, "ok")
                 }
             }
-            (&Method::GET, "/_isr/metrics") => match self.auth(&req, trusted) {
+            (&Method::GET, "/_isr/metrics") => match self.auth(&req, peer) {
                 Some(_) => self.metrics().await,
                 None => unauthorized("metrics need the secret: Authorization: Bearer <secret>"),
             },
             (&Method::GET, "/_isr/admin") => {
-                let Some(auth) = self.auth(&req, trusted) else {
+                let Some(auth) = self.auth(&req, peer) else {
                     return html(StatusCode::UNAUTHORIZED, admin::login_page(None));
                 };
                 let q = admin::Query::parse(req.uri().query());
@@ -429,7 +478,7 @@ impl Front {
                     Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
                 }
             }
-            (&Method::GET, "/_isr/admin/status.json") => match self.auth(&req, trusted) {
+            (&Method::GET, "/_isr/admin/status.json") => match self.auth(&req, peer) {
                 Some(_) => match admin::status(&self.engine, 100).await {
                     Ok(st) => json(
                         StatusCode::OK,
@@ -439,9 +488,9 @@ impl Front {
                 },
                 None => unauthorized("the status needs the secret: Authorization: Bearer <secret>"),
             },
-            (&Method::POST, "/_isr/admin/login") => self.login(req).await,
+            (&Method::POST, "/_isr/admin/login") => self.login(req, peer).await,
             (&Method::POST, "/_isr/admin/logout" | "/_isr/admin/revalidate") => {
-                self.admin_post(req, trusted).await
+                self.admin_post(req, peer).await
             }
             (_, other) => json(
                 StatusCode::NOT_FOUND,
@@ -474,8 +523,8 @@ impl Front {
 
     /// Who may use the admin routes: the private listener, the secret as a bearer token,
     /// or a login session (whose CSRF token guards its forms).
-    fn auth(&self, req: &Request<Incoming>, trusted: bool) -> Option<Auth> {
-        if trusted {
+    fn auth(&self, req: &Request<Incoming>, peer: Peer) -> Option<Auth> {
+        if peer.trusted {
             return Some(Auth::default());
         }
         let bearer = req
@@ -483,8 +532,11 @@ impl Front {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if bearer.is_some_and(|s| self.secrets.accepts(s.trim().as_bytes())) {
-            return Some(Auth::default());
+        if let Some(s) = bearer {
+            if self.secrets.accepts(s.trim().as_bytes()) {
+                return Some(Auth::default());
+            }
+            self.throttle.failed(peer.ip, self.engine.now());
         }
         let token = session_cookie(req.headers())?;
         let csrf = self.sessions.csrf(&token, self.engine.now())?;
@@ -494,7 +546,7 @@ impl Front {
         })
     }
 
-    async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn login(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let Ok(form) = form_body(req).await else {
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n");
         };
@@ -503,7 +555,8 @@ impl Front {
             .find(|(k, _)| k == "secret")
             .map(|(_, v)| v.as_str());
         if !secret.is_some_and(|s| self.secrets.accepts(s.as_bytes())) {
-            tracing::warn!("admin login with a wrong secret");
+            self.throttle.failed(peer.ip, self.engine.now());
+            tracing::warn!(client = %peer.ip, "admin login with a wrong secret");
             return html(
                 StatusCode::UNAUTHORIZED,
                 admin::login_page(Some("Wrong secret.")),
@@ -522,14 +575,14 @@ impl Front {
 
     /// The admin page's forms: logout and revalidate. A session must send its CSRF token;
     /// a request from another site's page is refused by its `Origin` as well.
-    async fn admin_post(&self, req: Request<Incoming>, trusted: bool) -> Response<Body> {
+    async fn admin_post(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         if cross_site(req.headers()) {
             return plain(
                 StatusCode::FORBIDDEN,
                 "cross-site form submission refused\n",
             );
         }
-        let Some(auth) = self.auth(&req, trusted) else {
+        let Some(auth) = self.auth(&req, peer) else {
             return unauthorized("log in first");
         };
         let logout = req.uri().path() == "/_isr/admin/logout";
@@ -589,8 +642,8 @@ impl Front {
         redirect(&format!("{back}{sep}done={}", admin::url_encode(&done)))
     }
 
-    async fn revalidate_api(&self, req: Request<Incoming>, trusted: bool) -> Response<Body> {
-        match self.revalidate_inner(req, trusted).await {
+    async fn revalidate_api(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        match self.revalidate_inner(req, peer).await {
             Ok(now) => json(
                 StatusCode::OK,
                 &serde_json::json!({ "revalidated": true, "now": now }).to_string(),
@@ -599,26 +652,23 @@ impl Front {
         }
     }
 
-    async fn revalidate_inner(
-        &self,
-        req: Request<Incoming>,
-        trusted: bool,
-    ) -> Result<u64, ApiError> {
+    async fn revalidate_inner(&self, req: Request<Incoming>, peer: Peer) -> Result<u64, ApiError> {
         if req.method() != Method::POST {
             return Err(ApiError {
                 status: StatusCode::METHOD_NOT_ALLOWED,
                 message: "use POST".into(),
             });
         }
+        let max_body = self.engine.config().limits.max_api_body;
         let too_large = || ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("body over {} bytes", api::MAX_BODY),
+            message: format!("body over {max_body} bytes"),
         };
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > api::MAX_BODY) {
+        if declared.is_some_and(|n| n > max_body) {
             return Err(too_large());
         }
         let bearer = req
@@ -633,20 +683,29 @@ impl Front {
                 .find(|(n, _)| *n == "secret")
                 .map(|(_, v)| api::form_decode(v))
         });
-        let body: Bytes = Limited::new(req.into_body(), api::MAX_BODY)
+        let body: Bytes = Limited::new(req.into_body(), max_body)
             .collect()
             .await
             .map_err(|_| too_large())?
             .to_bytes();
-        let r = if trusted {
+        let r = if peer.trusted {
             api::parse_body(&body)?
         } else {
+            let now = self.engine.now();
+            if let Some(wait) = self.throttle.blocked(peer.ip, now) {
+                return Err(SecretThrottle::refusal(wait));
+            }
             api::parse_request(
                 &self.secrets,
                 bearer.as_deref(),
                 query_secret.as_deref(),
                 &body,
-            )?
+            )
+            .inspect_err(|e| {
+                if e.status == StatusCode::UNAUTHORIZED {
+                    self.throttle.failed(peer.ip, now);
+                }
+            })?
         };
         if let Some(p) = self.engine.unknown_static_page(&r).await {
             return Err(ApiError {
@@ -661,6 +720,14 @@ impl Front {
             message: format!("could not record the revalidation: {e}"),
         })
     }
+}
+
+/// Who sent a request: the peer address (for the wrong-secret limit), and whether it
+/// came in on the private `admin_listen` listener.
+#[derive(Clone, Copy)]
+struct Peer {
+    ip: std::net::IpAddr,
+    trusted: bool,
 }
 
 /// How an admin request was let in.
@@ -743,6 +810,27 @@ fn html(status: StatusCode, page: String) -> Response<Body> {
     res
 }
 
+/// A key for the log, with the value of any `secret` query parameter replaced.
+fn redact_secret(key: String) -> String {
+    let Some((path, query)) = key.split_once('?') else {
+        return key;
+    };
+    if !query.split('&').any(|p| p.starts_with("secret=")) {
+        return key;
+    }
+    let query: Vec<&str> = query
+        .split('&')
+        .map(|p| {
+            if p.starts_with("secret=") {
+                "secret=<redacted>"
+            } else {
+                p
+            }
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
 fn has_bypass_cookie(h: &HeaderMap, names: &[String]) -> bool {
     !names.is_empty()
         && h.get_all(header::COOKIE)
@@ -801,6 +889,18 @@ fn json(status: StatusCode, body: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_redacted_from_logged_keys() {
+        assert_eq!(
+            redact_secret("/_isr/revalidate?a=1&secret=s3&tag=x".into()),
+            "/_isr/revalidate?a=1&secret=<redacted>&tag=x"
+        );
+        assert_eq!(
+            redact_secret("/blog?secretary=1".into()),
+            "/blog?secretary=1"
+        );
+    }
 
     #[test]
     fn bypass_cookie_detection() {

@@ -33,9 +33,8 @@ pub(super) enum Handoff {
     Hyper(Bytes),
 }
 
-/// Longest a request head may take to arrive, as hyper's `header_read_timeout`.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// A head larger than this goes to hyper (which answers 431 when it is too large).
+/// A head larger than this (or than `[limits] max_header_bytes`) goes to hyper, which
+/// answers 431 when it is over the limit.
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 48;
 
@@ -48,7 +47,11 @@ impl Front {
     ) -> Handoff {
         let mut buf = BytesMut::with_capacity(4096);
         let mut out = Vec::with_capacity(1024);
-        let deadline = tokio::time::sleep(HEAD_TIMEOUT);
+        // As hyper's header_read_timeout: a head must arrive within this.
+        let limits = &self.engine.config().limits;
+        let head_timeout = limits.header_read_timeout;
+        let max_head = MAX_HEAD.min(limits.max_header_bytes);
+        let deadline = tokio::time::sleep(head_timeout);
         tokio::pin!(deadline);
         loop {
             if !buf.is_empty() {
@@ -56,6 +59,10 @@ impl Front {
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&buf) {
                     Ok(httparse::Status::Complete(len)) => {
+                        if smuggling(req.headers) {
+                            let _ = stream.write_all(REFUSE_SMUGGLING).await;
+                            return Handoff::Closed;
+                        }
                         out.clear();
                         let Some(body) = self.hit(&req, &mut out) else {
                             return Handoff::Hyper(buf.freeze());
@@ -70,14 +77,14 @@ impl Front {
                         }
                         continue;
                     }
-                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+                    Ok(httparse::Status::Partial) if buf.len() < max_head => {}
                     _ => return Handoff::Hyper(buf.freeze()),
                 }
             }
             if *shutdown.borrow() && buf.is_empty() {
                 return Handoff::Closed;
             }
-            match read(stream, &mut buf, shutdown, deadline.as_mut()).await {
+            match read(stream, &mut buf, shutdown, deadline.as_mut(), head_timeout).await {
                 Ok(0) | Err(_) if buf.is_empty() => return Handoff::Closed,
                 // A head cut short: hyper answers it (400) or closes.
                 Ok(0) | Err(_) => return Handoff::Hyper(buf.freeze()),
@@ -160,6 +167,16 @@ impl Front {
         Some((!head && e.meta.status != 204).then_some(body))
     }
 }
+
+/// A head with both `Content-Length` and `Transfer-Encoding`: the classic request
+/// smuggling ambiguity. hyper would serve it by `Transfer-Encoding` alone and close the
+/// connection (RFC 9112 section 6.1), which is safe; isr refuses it outright where it can.
+fn smuggling(headers: &[httparse::Header<'_>]) -> bool {
+    let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    has("content-length") && has("transfer-encoding")
+}
+
+const REFUSE_SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 58\r\nconnection: close\r\n\r\nContent-Length and Transfer-Encoding together are refused\n";
 
 /// The status line and headers of a cached page, as `Front::cached` sends them.
 fn write_head(
@@ -250,14 +267,16 @@ thread_local! {
     };
 }
 
-/// Reads what is there, or waits for more: at most [`HEAD_TIMEOUT`] from the start of a
-/// request head (give or take a second: one timer per connection is re-armed only when
-/// it has drifted, not per request), and not past shutdown while no request is under way.
+/// Reads what is there, or waits for more: at most `head_timeout` from the start of a
+/// request head (give or take a tenth of it, at most a second: one timer per connection is
+/// re-armed only when it has drifted, not per request), and not past shutdown while no
+/// request is under way.
 async fn read(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     shutdown: &mut watch::Receiver<bool>,
     mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    head_timeout: Duration,
 ) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
@@ -273,8 +292,9 @@ async fn read(
     }
     let idle = buf.is_empty();
     if idle {
-        let wanted = tokio::time::Instant::now() + HEAD_TIMEOUT;
-        if wanted.saturating_duration_since(deadline.deadline()) > Duration::from_secs(1) {
+        let wanted = tokio::time::Instant::now() + head_timeout;
+        let drift = (head_timeout / 10).min(Duration::from_secs(1));
+        if wanted.saturating_duration_since(deadline.deadline()) > drift {
             deadline.as_mut().reset(wanted);
         }
     }
