@@ -162,7 +162,10 @@ async fn conflicting_content_length_and_transfer_encoding_are_refused() {
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
     assert_eq!(origin.count("/api/y"), 0);
     let (_, headers, body) = origin.last("/api/x");
-    assert!(body.is_empty() && !headers.contains_key("content-length"), "{headers:?}");
+    assert!(
+        body.is_empty() && !headers.contains_key("content-length"),
+        "{headers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

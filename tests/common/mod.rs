@@ -232,6 +232,18 @@ impl Isr {
         Isr::spawn_opts(origin, data_dir, config, &[], None).await
     }
 
+    /// [`Isr::spawn`] that also keeps the temporary directory the data lives in.
+    pub async fn spawn_keeping(
+        origin: &Origin,
+        data_dir: &Path,
+        config: &Path,
+        dir: Option<tempfile::TempDir>,
+    ) -> Isr {
+        let mut isr = Isr::spawn(origin, data_dir, config).await;
+        isr._dir = dir;
+        isr
+    }
+
     /// Like [`Isr::start_with`], with extra environment variables and stderr sent to a file.
     pub async fn start_opts(
         origin: &Origin,
@@ -470,9 +482,15 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-/// Waits (bounded) until `f` is true.
-pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
+/// Waits (at most 5 s) until `f` is true.
+pub async fn eventually(what: &str, f: impl AsyncFnMut() -> bool) {
+    eventually_for(Duration::from_secs(5), what, f).await
+}
+
+/// Waits (at most `limit`) until `f` is true.
+pub async fn eventually_for(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
         if f().await {
             return;
         }
