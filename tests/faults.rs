@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{send, Isr, Origin, SECRET};
+use common::{send, Isr, Origin, Spec, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -270,4 +270,116 @@ async fn a_failing_origin_never_costs_a_cached_page_or_a_visitor() {
         },
     )
     .await;
+}
+
+/// A tmpfs of `size` mounted on a fresh directory (isr's data_dir goes inside), unmounted
+/// when dropped. Needs root, as `scripts/test.sh` runs (it panics rather than skips).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (scripts/test.sh runs as root)"
+        );
+        SmallDisk { dir }
+    }
+
+    /// Fills what is left with a file.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.path().join("filler")).unwrap();
+        let block = vec![0u8; 65536];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&block[..1]);
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.dir.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_keeps_isr_serving_and_storing_resumes_when_space_returns() {
+    let origin = Origin::start().await;
+    // Pages of ~50 KiB that do not compress, so a few fill the disk.
+    let noise: String = (0..50_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    for i in 0..40 {
+        origin.set(
+            &format!("/blog/big{i}"),
+            Spec {
+                body: Some(format!("{i} {noise}")),
+                headers: vec![("content-type".into(), "application/octet-stream".into())],
+                ..Spec::default()
+            },
+        );
+    }
+    let disk = SmallDisk::mount("3m");
+    let data = disk.dir.path().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("isr.toml");
+    std::fs::write(&config, common::CONFIG).unwrap();
+    let log = dir.path().join("isr.log");
+    let mut isr = Isr::spawn_logging(&origin, &data, &config, &log).await;
+    assert_eq!(isr.get("/blog/before").await.unwrap().cache(), "MISS");
+
+    disk.fill();
+    // Every page is still served: from the origin, then from memory.
+    for i in 0..20 {
+        let path = format!("/blog/big{i}");
+        let r = isr.get(&path).await.unwrap();
+        assert_eq!((r.status, r.cache()), (200, "MISS"), "{path}");
+        assert_eq!(
+            isr.get(&path).await.unwrap().cache(),
+            "HIT",
+            "{path}: from memory"
+        );
+    }
+    assert_eq!(isr.get("/blog/before").await.unwrap().cache(), "HIT");
+    let m = isr.metrics().await;
+    assert!(
+        common::metric(&m, "isr_store_errors_total{op=\"write\"}") >= 1.0,
+        "{m}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let lines = logged.matches("could not store the page").count();
+    assert_eq!(lines, 1, "logged once a minute, not per page:\n{logged}");
+
+    // Space returns: storing resumes by itself (after the store reopens itself).
+    disk.free();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for i in 20..24 {
+        isr.get(&format!("/blog/big{i}")).await.unwrap();
+    }
+    let code = tokio::task::block_in_place(|| isr.terminate());
+    assert_eq!(code, Some(0));
+    let restarted = Isr::spawn(&origin, &data, &config).await;
+    for path in ["/blog/before", "/blog/big23"] {
+        let before = origin.count(path);
+        let r = restarted.get(path).await.unwrap();
+        assert_eq!(r.cache(), "HIT", "{path} was stored");
+        assert_eq!(origin.count(path), before);
+    }
+    drop(restarted);
+    drop(disk);
 }

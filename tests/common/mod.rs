@@ -232,6 +232,11 @@ impl Isr {
         Isr::spawn_opts(origin, data_dir, config, &[], None).await
     }
 
+    /// [`Isr::spawn`] with stderr sent to `log`.
+    pub async fn spawn_logging(origin: &Origin, data_dir: &Path, config: &Path, log: &Path) -> Isr {
+        Isr::spawn_opts(origin, data_dir, config, &[], Some(log)).await
+    }
+
     /// [`Isr::spawn`] that also keeps the temporary directory the data lives in.
     pub async fn spawn_keeping(
         origin: &Origin,

@@ -20,7 +20,7 @@ use crate::cdn::{Cdn, Cdns, Purge};
 use crate::config::{Config, Window};
 use crate::entry::Entry;
 use crate::key;
-use crate::metrics::{Metrics, OriginError, RevalidationKind};
+use crate::metrics::{Metrics, OriginError, RevalidationKind, StoreOp};
 use crate::origin::{self, FetchError, Fetched, Origin};
 use crate::policy::{self, Freshness, Mark};
 use crate::route::{Routes, Rules};
@@ -199,6 +199,34 @@ pub struct Engine {
     last_mark: AtomicU64,
     /// The `[[cdn]]` layers purged after revalidations.
     cdn: Cdns,
+    /// Store errors are logged once a minute (a full disk fails every write).
+    quiet_reads: Quiet,
+    quiet_writes: Quiet,
+}
+
+/// Lets a recurring error be logged at most once a minute, counting the ones it holds back.
+#[derive(Default)]
+struct Quiet {
+    next_at: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl Quiet {
+    /// `Some(errors held back since the last log)` when this one should be logged.
+    fn admit(&self, now: u64) -> Option<u64> {
+        let next = self.next_at.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_at
+                .compare_exchange(next, now + 60_000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// The stored pages a revalidation touches.
@@ -250,6 +278,8 @@ impl Engine {
             ready: std::sync::atomic::AtomicBool::new(true),
             overdue: Mutex::default(),
             last_mark: AtomicU64::new(last),
+            quiet_reads: Quiet::default(),
+            quiet_writes: Quiet::default(),
             cdn: Cdns::start(
                 cfg_cdns
                     .into_iter()
@@ -422,7 +452,10 @@ impl Engine {
             Ok(None) => None,
             Err(StoreError::Unavailable(_)) => None,
             Err(e) => {
-                tracing::error!(key, error = %e, "store read failed; treating as a miss");
+                self.metrics.store_error(StoreOp::Read);
+                if let Some(more) = self.quiet_reads.admit(self.now()) {
+                    tracing::error!(key, error = %e, more_since_last_log = more, "store read failed; treating as a miss (logged once a minute)");
+                }
                 None
             }
         }
@@ -890,7 +923,10 @@ impl Engine {
             }
             Err(StoreError::Unavailable(_)) => {}
             Err(e) => {
-                tracing::error!(key, error = %e, "could not store the page; serving it from memory")
+                self.metrics.store_error(StoreOp::Write);
+                if let Some(more) = self.quiet_writes.admit(self.now()) {
+                    tracing::error!(key, error = %e, more_since_last_log = more, "could not store the page; serving it from memory (logged once a minute)");
+                }
             }
         }
         self.hot.insert(key, entry.clone());
@@ -976,7 +1012,10 @@ impl Engine {
                 Target::Layout(_) => RevalidationKind::Layout,
             });
             self.clock.apply(t, mark);
-            self.store.put_mark(&t.store_name(), mark).await?;
+            if let Err(e) = self.store.put_mark(&t.store_name(), mark).await {
+                self.metrics.store_error(StoreOp::Write);
+                return Err(e);
+            }
         }
         if r.eager || self.routes.any_refresh_always() || !self.cdn.is_empty() {
             let engine = self.clone();

@@ -70,7 +70,19 @@ pub struct Metrics {
     regenerations_failed: AtomicU64,
     in_flight: AtomicI64,
     revalidations: [AtomicU64; 3],
+    store_errors: [AtomicU64; 2],
 }
+
+/// A store operation that failed (`isr_store_errors_total{op}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Reading a page.
+    Read = 0,
+    /// Storing a page or a revalidation mark.
+    Write = 1,
+}
+
+const STORE_OPS: [&str; 2] = ["read", "write"];
 
 impl Metrics {
     /// Counts one answered request in state `STATES[state]`.
@@ -122,6 +134,11 @@ impl Metrics {
     /// Counts one revalidated target.
     pub fn revalidation(&self, kind: RevalidationKind) {
         self.revalidations[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed store operation.
+    pub fn store_error(&self, op: StoreOp) {
+        self.store_errors[op as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text format (version 0.0.4).
@@ -214,6 +231,15 @@ impl Metrics {
                 "isr_revalidations_total{{kind=\"{label}\"}} {}",
                 load(c)
             );
+        }
+        family(
+            &mut out,
+            "isr_store_errors_total",
+            "counter",
+            "Store reads and writes that failed (a full or unwritable disk, Redis errors).",
+        );
+        for (label, c) in STORE_OPS.iter().zip(&self.store_errors) {
+            let _ = writeln!(out, "isr_store_errors_total{{op=\"{label}\"}} {}", load(c));
         }
         for (name, help, v) in [
             ("isr_entries", "Pages in the store.", g.entries),

@@ -11,6 +11,12 @@
 //! quick-repair mode, so opening after `kill -9` is instant instead of a full scan, and
 //! a commit is atomic: an entry is either entirely the old one or entirely the new one.
 //!
+//! A write that fails (a full or unwritable disk) leaves the file at its last commit, but
+//! redb then refuses every further transaction until the database is reopened. So the
+//! writer reopens it, at most every [`REOPEN_EVERY`], until writes succeed again: storing
+//! resumes by itself when space returns, and meanwhile the engine serves from memory and
+//! the origin.
+//!
 //! Lookups of pages run on tokio's blocking pool: a page that is not in redb's cache or
 //! the OS page cache means a disk read, and several of those must be able to wait at once
 //! without stalling the threads that serve hits from memory. Index scans (eager
@@ -40,10 +46,16 @@ const MARKS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("marks");
 /// Writes queued per transaction at most, so one commit stays short.
 const MAX_BATCH: usize = 512;
 
+/// How often a store that failed a write is reopened to try again.
+const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The open database, or none while the writer reopens it.
+type Slot = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
+
 /// The redb-backed store.
 pub struct RedbStore {
     path: std::path::PathBuf,
-    db: Arc<Database>,
+    db: Slot,
     writer: mpsc::Sender<Write>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -87,25 +99,12 @@ impl RedbStore {
             StoreError::Failed(format!("cannot create data_dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("isr.redb");
-        let db = Database::builder()
-            .set_cache_size(4 << 20)
-            .create(&path)
-            .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
-        let mut txn = db.begin_write().map_err(err)?;
-        txn.set_quick_repair(true);
-        {
-            txn.open_table(META).map_err(err)?;
-            txn.open_table(BODY).map_err(err)?;
-            txn.open_table(TAGS).map_err(err)?;
-            txn.open_table(MARKS).map_err(err)?;
-        }
-        txn.commit().map_err(err)?;
-        let db = Arc::new(db);
+        let db: Slot = Arc::new(std::sync::RwLock::new(Some(Arc::new(open_db(&path)?))));
         let (writer, queue) = mpsc::channel();
-        let wdb = db.clone();
+        let (wdb, wpath) = (db.clone(), path.clone());
         let thread = std::thread::Builder::new()
             .name("isr-store-writer".into())
-            .spawn(move || write_loop(&wdb, &queue))
+            .spawn(move || write_loop(&wdb, &wpath, &queue))
             .map_err(err)?;
         Ok(RedbStore {
             path,
@@ -129,12 +128,70 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
+        let txn = current(&self.db)?.begin_read().map_err(err)?;
         f(&txn)
     }
 }
 
-fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>) {
+/// Opens (or creates) the file with its tables.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::builder()
+        .set_cache_size(4 << 20)
+        .create(path)
+        .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
+    let mut txn = db.begin_write().map_err(err)?;
+    txn.set_quick_repair(true);
+    {
+        txn.open_table(META).map_err(err)?;
+        txn.open_table(BODY).map_err(err)?;
+        txn.open_table(TAGS).map_err(err)?;
+        txn.open_table(MARKS).map_err(err)?;
+    }
+    txn.commit().map_err(err)?;
+    Ok(db)
+}
+
+/// The open database (an error while it is being reopened).
+fn current(slot: &Slot) -> Result<Arc<Database>, StoreError> {
+    slot.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| {
+            StoreError::Failed("the store is being reopened after a failed write".into())
+        })
+}
+
+/// Closes and reopens the database after a failed write. Readers holding it are given a
+/// moment to finish; if one does not, the old one is put back for the next try.
+fn reopen(slot: &Slot, path: &Path) -> Result<(), StoreError> {
+    let taken = slot.write().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mut old) = taken {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    break;
+                }
+                Err(still_shared) if std::time::Instant::now() > deadline => {
+                    *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(still_shared);
+                    return Err(StoreError::Failed("a read held the store open".into()));
+                }
+                Err(still_shared) => {
+                    old = still_shared;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    let db = open_db(path)?;
+    *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+    Ok(())
+}
+
+fn write_loop(slot: &Slot, path: &Path, queue: &mpsc::Receiver<Write>) {
+    // After a failed write: when, and why (writes fail at once until the next reopen).
+    let mut failed: Option<(std::time::Instant, StoreError)> = None;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -143,14 +200,27 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        match apply(db, &batch) {
+        let result = match &failed {
+            Some((at, e)) if at.elapsed() < REOPEN_EVERY => Err(e.clone()),
+            Some(_) => reopen(slot, path).and_then(|()| apply(&*current(slot)?, &batch)),
+            None => current(slot).and_then(|db| apply(&db, &batch)),
+        };
+        match result {
             Ok(results) => {
+                if failed.take().is_some() {
+                    tracing::warn!(path = %path.display(), "the store is writable again");
+                }
                 for (w, r) in batch.into_iter().zip(results) {
                     let _ = w.done.send(Ok(r));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "store write failed; the pages stay in memory only");
+                // Not logged here: the engine logs store errors once a minute, with a count.
+                let e = match &failed {
+                    Some((_, first)) => first.clone(),
+                    None => e,
+                };
+                failed = Some((std::time::Instant::now(), e.clone()));
                 for w in batch {
                     let _ = w.done.send(Err(e.clone()));
                 }
@@ -264,9 +334,9 @@ fn blocking<T: Send + 'static>(
 
 impl Store for RedbStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
-        let (db, key) = (self.db.clone(), key.to_string());
+        let (slot, key) = (self.db.clone(), key.to_string());
         blocking(move || {
-            let txn = db.begin_read().map_err(err)?;
+            let txn = current(&slot)?.begin_read().map_err(err)?;
             let meta = txn.open_table(META).map_err(err)?;
             let Some(m) = meta.get(key.as_str()).map_err(err)? else {
                 return Ok(None);
@@ -298,9 +368,9 @@ impl Store for RedbStore {
     }
 
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
-        let (db, key) = (self.db.clone(), key.to_string());
+        let (slot, key) = (self.db.clone(), key.to_string());
         blocking(move || {
-            let txn = db.begin_read().map_err(err)?;
+            let txn = current(&slot)?.begin_read().map_err(err)?;
             let meta = txn.open_table(META).map_err(err)?;
             match meta.get(key.as_str()).map_err(err)? {
                 Some(m) => Meta::from_bytes(m.value()).map(Some).map_err(err),
