@@ -612,4 +612,54 @@ mod tests {
             .unwrap());
         assert_eq!(&s.get("/p").await.unwrap().unwrap().identity[..], b"same");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(24))]
+
+        /// Whatever sequence of writes (new pages, rewrites with other tags, slower older
+        /// fetches, metadata-only rewrites) and reopens, the tag index lists exactly the
+        /// keys whose stored entry carries the tag, in both adapters.
+        #[test]
+        fn the_tag_index_agrees_with_the_entries(
+            ops in proptest::collection::vec((0usize..6, 0u64..40, proptest::collection::vec(0usize..4, 0..3), proptest::bool::ANY, proptest::bool::ANY), 1..40)
+        ) {
+            const TAGS: [&str; 4] = ["a", "b", "c", "d"];
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut redb = RedbStore::open(dir.path()).unwrap();
+                let memory = crate::store::MemoryStore::default();
+                for (k, generated, tags, same_bodies, reopen) in &ops {
+                    let key = format!("/k{k}");
+                    let tags: Vec<&str> = tags.iter().map(|t| TAGS[*t]).collect();
+                    let e = entry("body", *generated, &tags);
+                    for s in [&redb as &dyn Store, &memory] {
+                        if *same_bodies {
+                            s.put_same_bodies(&key, e.clone()).await.unwrap();
+                        } else {
+                            s.put(&key, e.clone()).await.unwrap();
+                        }
+                    }
+                    if *reopen {
+                        drop(redb);
+                        redb = RedbStore::open(dir.path()).unwrap();
+                    }
+                }
+                for s in [&redb as &dyn Store, &memory] {
+                    for tag in TAGS {
+                        let mut indexed = s.keys_with_tag(tag).await.unwrap();
+                        indexed.sort();
+                        let mut carrying = Vec::new();
+                        for k in s.keys_with_prefix("/").await.unwrap() {
+                            let meta = s.get_meta(&k).await.unwrap().unwrap();
+                            if meta.tags.iter().any(|t| t == tag) {
+                                carrying.push(k);
+                            }
+                        }
+                        assert_eq!(indexed, carrying, "tag {tag}");
+                    }
+                }
+            });
+        }
+    }
 }
