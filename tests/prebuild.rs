@@ -208,5 +208,33 @@ async fn a_dynamic_false_route_serves_only_known_paths_and_404s_the_rest_without
     assert_eq!(isr.get("/docs/from-sitemap").await.unwrap().status, 200);
     assert_eq!(isr.get("/docs/unknown").await.unwrap().status, 404);
     assert_eq!(origin.count("/docs/unknown"), 0);
+    // Each prebuild refreshes the known set: a page the sitemap no longer lists is unknown
+    // again once that prebuild is done (the slow sitemap leaves time to ask for it first,
+    // so it is in memory and the hit lane must refuse it too), and a newly listed one is
+    // known.
+    let (data, config_path, _) = isr.kill();
+    let mut slow = xml(format!(
+        "<urlset><url><loc>{base}/docs/new</loc></url></urlset>"
+    ));
+    slow.delay = Duration::from_millis(500);
+    origin.set("/sitemap.xml", slow);
+    let isr = Isr::spawn(&origin, &data, &config_path).await;
+    assert_eq!(isr.get("/docs/from-sitemap").await.unwrap().status, 200);
+    eventually("the prebuild finishes", async || {
+        isr.get("/_isr/health?ready").await.unwrap().status == 200
+    })
+    .await;
+    let fetched = origin.count("/docs/from-sitemap");
+    let r = isr.get("/docs/from-sitemap").await.unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("custom not found"));
+    assert_eq!(origin.count("/docs/from-sitemap"), fetched);
+    let r = isr
+        .revalidate(serde_json::json!({"path": "/docs/from-sitemap"}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    for known in ["/docs/new", "/docs/listed"] {
+        assert_eq!(isr.get(known).await.unwrap().status, 200, "{known}");
+    }
     drop(dir);
 }

@@ -199,6 +199,11 @@ pub struct Engine {
     last_mark: AtomicU64,
     /// The `[[cdn]]` layers purged after revalidations.
     cdn: Cdns,
+    /// Stored pages of `dynamic = false` routes that the last prebuild no longer lists:
+    /// unknown again (404 without the origin). Empty most of the time, so the hit path
+    /// checks the flag first.
+    dropped: std::sync::RwLock<std::collections::HashSet<String>>,
+    any_dropped: std::sync::atomic::AtomicBool,
     /// Store errors are logged once a minute (a full disk fails every write).
     quiet_reads: Quiet,
     quiet_writes: Quiet,
@@ -278,6 +283,8 @@ impl Engine {
             ready: std::sync::atomic::AtomicBool::new(true),
             overdue: Mutex::default(),
             last_mark: AtomicU64::new(last),
+            dropped: Default::default(),
+            any_dropped: Default::default(),
             quiet_reads: Quiet::default(),
             quiet_writes: Quiet::default(),
             cdn: Cdns::start(
@@ -469,6 +476,9 @@ impl Engine {
 
     /// Serves a cacheable `GET`/`HEAD` for `key`.
     pub async fn serve(self: &Arc<Self>, key: &str) -> Served {
+        if self.is_dropped(key::path_of(key)) {
+            return Served::NotFound(self.lookup("/404").await);
+        }
         let now = self.now();
         let copy = match self.lookup(key).await {
             Some(e) => match self.freshness(key, &e.meta, now) {
@@ -546,10 +556,55 @@ impl Engine {
                 .any(|p| p.split('?').next() == Some(path))
     }
 
+    /// Whether `path` is a stored page of a `dynamic = false` route that the last
+    /// prebuild no longer lists (it is then answered 404 without the origin).
+    pub fn is_dropped(&self, path: &str) -> bool {
+        self.any_dropped.load(Ordering::Relaxed)
+            && self
+                .dropped
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(path)
+    }
+
+    /// After a prebuild that read its whole sitemap: the `dynamic = false` routes know
+    /// exactly `known` (and `[prebuild] paths`); their other stored pages become unknown.
+    pub async fn set_known_static(
+        &self,
+        known: std::collections::HashSet<String>,
+    ) -> Result<(), StoreError> {
+        if !self.routes.any_static() {
+            return Ok(());
+        }
+        let mut dropped = std::collections::HashSet::new();
+        self.for_each_stored(|page| {
+            for (k, _) in page {
+                let path = key::path_of(k);
+                if self.is_unknown_static(path) && !known.contains(path) {
+                    dropped.insert(path.to_string());
+                }
+            }
+        })
+        .await?;
+        if !dropped.is_empty() {
+            tracing::info!(
+                pages = dropped.len(),
+                "prebuild: pages no longer listed now answer 404"
+            );
+        }
+        self.any_dropped
+            .store(!dropped.is_empty(), Ordering::Relaxed);
+        *self.dropped.write().unwrap_or_else(|e| e.into_inner()) = dropped;
+        Ok(())
+    }
+
     /// Whether a revalidation names a page of a `dynamic = false` route that was never
     /// prebuilt nor listed: the path, for a 404.
     pub async fn unknown_static_page<'a>(&self, r: &'a Revalidation) -> Option<&'a str> {
         for p in &r.pages {
+            if self.is_dropped(p) {
+                return Some(p);
+            }
             if self.is_unknown_static(p) {
                 let stored = self.store.keys_with_prefix(p).await.unwrap_or_default();
                 if !stored.iter().any(|k| key::path_of(k) == p) {

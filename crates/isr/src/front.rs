@@ -272,8 +272,10 @@ impl Front {
         }
         if let Some(s) = req.headers().get("x-prerender-revalidate") {
             // (A path a `dynamic = false` route does not know is never fetched.)
-            let unknown = self.engine.is_unknown_static(key::path_of(&key))
-                && self.engine.lookup(&key).await.is_none();
+            let path = key::path_of(&key);
+            let unknown = self.engine.is_dropped(path)
+                || (self.engine.is_unknown_static(path)
+                    && self.engine.lookup(&key).await.is_none());
             // A wrong secret counts towards the address's limit; while the address is
             // refused, the header is ignored (an ordinary request), even with the secret.
             let now = self.engine.now();

@@ -36,14 +36,27 @@ pub struct Report {
 pub async fn run(engine: &Arc<Engine>, progress: &(dyn Fn(usize, usize) + Sync)) -> Report {
     let cfg = &engine.config().prebuild;
     let mut keys: Vec<String> = cfg.paths.iter().map(|p| key_of(engine, p)).collect();
+    // Whether every sitemap was read: only then may pages that left it be forgotten.
+    let mut complete = true;
     if let Some(sitemap) = &cfg.sitemap {
-        let mut found = sitemap_pages(engine, sitemap).await;
+        let (mut found, all_read) = sitemap_pages(engine, sitemap).await;
+        complete = all_read;
         // Highest priority first; the sort is stable, so the file's order breaks ties.
         found.sort_by(|a, b| b.1.total_cmp(&a.1));
         keys.extend(found.into_iter().take(cfg.limit).map(|(k, _)| k));
     }
     let mut seen = std::collections::HashSet::new();
     keys.retain(|k| seen.insert(k.clone()));
+    if complete {
+        // The `dynamic = false` routes now know exactly these pages.
+        let known = keys
+            .iter()
+            .map(|k| crate::key::path_of(k).to_string())
+            .collect();
+        if let Err(e) = engine.set_known_static(known).await {
+            tracing::warn!(error = %e, "prebuild: could not list the stored pages; none forgotten");
+        }
+    }
     let total = keys.len();
     let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -90,9 +103,11 @@ fn key_of(engine: &Engine, path_and_query: &str) -> String {
     crate::key::normalize(path, query, &engine.config().cache.ignore_query)
 }
 
-/// The pages a sitemap (or sitemap index) on the origin lists, with their priorities.
-async fn sitemap_pages(engine: &Engine, path: &str) -> Vec<(String, f32)> {
+/// The pages a sitemap (or sitemap index) on the origin lists, with their priorities, and
+/// whether every sitemap could be read.
+async fn sitemap_pages(engine: &Engine, path: &str) -> (Vec<(String, f32)>, bool) {
     let mut pages = Vec::new();
+    let mut complete = true;
     let mut todo = vec![path.to_string()];
     let mut read = 0;
     while let Some(path) = todo.pop() {
@@ -101,6 +116,7 @@ async fn sitemap_pages(engine: &Engine, path: &str) -> Vec<(String, f32)> {
             Ok(t) => t,
             Err(why) => {
                 tracing::warn!(sitemap = %path, reason = %why, "prebuild: sitemap skipped");
+                complete = false;
                 continue;
             }
         };
@@ -132,11 +148,12 @@ async fn sitemap_pages(engine: &Engine, path: &str) -> Vec<(String, f32)> {
                 }
             }
             Err(why) => {
-                tracing::warn!(sitemap = %path, reason = %why, "prebuild: sitemap skipped")
+                tracing::warn!(sitemap = %path, reason = %why, "prebuild: sitemap skipped");
+                complete = false;
             }
         }
     }
-    pages
+    (pages, complete)
 }
 
 async fn fetch_text(engine: &Engine, path: &str) -> Result<String, String> {

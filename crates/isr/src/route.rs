@@ -64,6 +64,11 @@ impl Routes {
             .is_ok_and(|m| !self.routes[*m.value].dynamic)
     }
 
+    /// True when some route is `dynamic = false`.
+    pub fn any_static(&self) -> bool {
+        self.routes.iter().any(|r| !r.dynamic)
+    }
+
     /// True when the route of `path` has `refresh = "always"`.
     pub fn refreshes_always(&self, path: &str) -> bool {
         self.router

@@ -144,7 +144,9 @@ impl Front {
             }
         }
         let key = key::normalize(path, query, &cfg.cache.ignore_query);
-        if self.engine.routes().bypasses(key::path_of(&key)) {
+        if self.engine.routes().bypasses(key::path_of(&key))
+            || self.engine.is_dropped(key::path_of(&key))
+        {
             return None;
         }
         let e = self.engine.hot().get(&key)?;
