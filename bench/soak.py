@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
 ORIGIN = "127.0.0.1:19300"
+CONNECTIONS = 64
 PORT = 19305
 
 PACED = """
@@ -102,15 +103,23 @@ def main():
         for i in range(args.pages):  # warm every page once
             run.get(f"http://127.0.0.1:{PORT}/page/{i}")
         env = {**os.environ, "PAGES": str(args.pages), "DELAY_MS": "0"}
-        wrk = ["taskset", "-c", "1", "wrk", "-t1", "-c16", "--latency", "-s", lua]
-        out = subprocess.run(wrk + ["-d10s", f"http://127.0.0.1:{PORT}/"], capture_output=True,
-                             text=True, env=env).stdout
-        capacity = float(run.WRK_LINE.search(out).group(1))
-        # 16 connections each waiting DELAY_MS between requests: about half the capacity.
-        delay_ms = max(1, int(16 * 1000 / (capacity / 2)))
+        wrk = ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONNECTIONS}", "--latency", "-s", lua]
+
+        def rate(delay_ms, seconds=10):
+            out = subprocess.run(wrk + [f"-d{seconds}s", f"http://127.0.0.1:{PORT}/"], capture_output=True,
+                                 text=True, env={**env, "DELAY_MS": str(delay_ms)}).stdout
+            return float(run.WRK_LINE.search(out).group(1))
+
+        capacity = rate(0)
+        # Each connection waits DELAY_MS between requests; calibrate that to about half of
+        # the capacity with a trial run (wrk's timers are coarse).
+        target = capacity / 2
+        delay_ms = max(1, round(CONNECTIONS * 1000 / target))
+        trial = rate(delay_ms)
+        delay_ms = max(1, round(delay_ms * trial / target))
         seconds = int(args.minutes * 60)
-        print(f"capacity {capacity:.0f} rps; soaking {seconds} s at ~{capacity / 2:.0f} rps "
-              f"(delay {delay_ms} ms per request per connection)", flush=True)
+        print(f"capacity {capacity:.0f} rps; trial {trial:.0f} rps; soaking {seconds} s aiming at "
+              f"{target:.0f} rps (delay {delay_ms} ms per request per connection)", flush=True)
         load = subprocess.Popen(wrk + [f"-d{seconds}s", f"http://127.0.0.1:{PORT}/"], stdout=subprocess.PIPE,
                                 text=True, env={**env, "DELAY_MS": str(delay_ms)})
         stop = threading.Event()
@@ -169,7 +178,8 @@ def render(r):
         "",
         "Command: `python3 bench/soak.py --minutes {} --pages {}`".format(r["minutes"], r["pages"]),
         "",
-        f"- capacity (10 s wrk, 16 connections): {r['capacity_rps']:.0f} rps; soak at {r['soak_rps']:.0f} rps",
+        f"- capacity (10 s wrk, {CONNECTIONS} connections, no delay): {r['capacity_rps']:.0f} rps; "
+        f"soak at {r['soak_rps']:.0f} rps ({100 * r['soak_rps'] / r['capacity_rps']:.0f} %)",
         f"- wrk: non-2xx {r['non_2xx']}, socket errors {r['socket_errors']}",
         f"- revalidations: {last['revalidations_ok']:.0f} ok, {last['revalidations_failed']:.0f} failed; "
         f"regenerations: {last['regenerations_ok']:.0f} ok, {last['regenerations_failed']:.0f} failed; "

@@ -383,3 +383,44 @@ async fn a_full_disk_keeps_isr_serving_and_storing_resumes_when_space_returns() 
     drop(restarted);
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_abandons_a_regeneration_cleanly_and_the_next_start_serves_the_old_page() {
+    let origin = Origin::start().await;
+    let mut isr = Isr::start(&origin).await;
+    assert_eq!(isr.get("/blog/s").await.unwrap().cache(), "MISS");
+    // Its next regeneration hangs far past the shutdown.
+    origin.set(
+        "/blog/s",
+        Spec {
+            delay: Duration::from_secs(20),
+            body: Some("<html><body>never</body></html>".into()),
+            ..Spec::default()
+        },
+    );
+    isr.revalidate(serde_json::json!({"path": "/blog/s"})).await;
+    assert_eq!(isr.get("/blog/s").await.unwrap().cache(), "STALE");
+    common::eventually("the regeneration reached the origin", async || {
+        origin.count("/blog/s") == 2
+    })
+    .await;
+    let addr = isr.addr;
+    let code = tokio::task::block_in_place(|| isr.terminate());
+    assert_eq!(
+        code,
+        Some(0),
+        "exits 0 without waiting for the regeneration"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+    let restarted = Isr::spawn(&origin, &isr.data_dir, &isr.config).await;
+    let r = restarted.get("/blog/s").await.unwrap();
+    assert_eq!(
+        r.cache(),
+        "STALE",
+        "still the old page, still due for regeneration"
+    );
+    assert!(r.text().contains("page /blog/s v1"), "{}", r.text());
+}
