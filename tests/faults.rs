@@ -367,7 +367,12 @@ async fn a_full_disk_keeps_isr_serving_and_storing_resumes_when_space_returns() 
 
     // Space returns: storing resumes by itself (after the store reopens itself).
     disk.free();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Writes keep coming meanwhile (each fails at once until the store has reopened):
+    // they must not postpone the reopen.
+    for i in 0..25 {
+        isr.get(&format!("/blog/w{i}")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for i in 20..24 {
         isr.get(&format!("/blog/big{i}")).await.unwrap();
     }

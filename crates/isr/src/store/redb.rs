@@ -200,8 +200,16 @@ fn write_loop(slot: &Slot, path: &Path, queue: &mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
+        if let Some((at, e)) = &failed {
+            if at.elapsed() < REOPEN_EVERY {
+                // Until the next reopen, writes fail at once (and do not delay it).
+                for w in batch {
+                    let _ = w.done.send(Err(e.clone()));
+                }
+                continue;
+            }
+        }
         let result = match &failed {
-            Some((at, e)) if at.elapsed() < REOPEN_EVERY => Err(e.clone()),
             Some(_) => reopen(slot, path).and_then(|()| apply(&*current(slot)?, &batch)),
             None => current(slot).and_then(|db| apply(&db, &batch)),
         };
