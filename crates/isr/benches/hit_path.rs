@@ -99,3 +99,28 @@ fn store_lookup_16k(b: divan::Bencher) {
             .unwrap()
     });
 }
+
+/// Text of `len` bytes that compresses like prose: words of the README in a
+/// pseudo-random order.
+fn prose(len: usize) -> Vec<u8> {
+    let text = include_str!("../../../README.md");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (mut out, mut x) = (Vec::with_capacity(len + 64), 12345u64);
+    while out.len() < len {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(words[(x >> 33) as usize % words.len()].as_bytes());
+        out.push(if x % 11 == 0 { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+/// The Brotli and gzip variants made once per regeneration (not on the hit path, but
+/// they share its CPU).
+#[divan::bench(args = [16 * 1024, 128 * 1024])]
+fn compress_variants(b: divan::Bencher, len: usize) {
+    let body = prose(len);
+    b.bench(|| isr::entry::compress(divan::black_box(&body)));
+}

@@ -235,9 +235,16 @@ pub fn compress(body: &[u8]) -> (Option<Bytes>, Option<Bytes>) {
     }
     let mut br = Vec::with_capacity(body.len() / 3);
     {
+        // A window just large enough for the body, from 256 KiB to brotli's 4 MiB: the
+        // same output for pages up to 256 KiB, with smaller encoder tables to allocate and
+        // clear per page. (Below 2^18 this brotli switches to a much slower matcher at
+        // quality 5: 10-15x slower, measured, so 18 is the floor.) BENCHMARKS.md has the
+        // before and after.
+        let lgwin = (usize::BITS - (body.len() - 1).leading_zeros()).clamp(18, 22) as i32;
         let params = brotli::enc::BrotliEncoderParams {
             quality: 5,
-            lgwin: 22,
+            lgwin,
+            size_hint: body.len(),
             ..Default::default()
         };
         let _ = brotli::BrotliCompress(&mut &body[..], &mut br, &params);
