@@ -29,7 +29,9 @@
 //!   [`entry::Entry`] values with Brotli and gzip variants.
 //! - [`front`]: the HTTP server, the `/_isr/` routes and response headers. Connections
 //!   start in its *hit lane*, which answers plain `GET`/`HEAD` hits on pages in memory
-//!   straight from the socket and hands anything else to hyper.
+//!   straight from the socket and hands anything else to hyper. It enforces `[limits]`
+//!   (head timeout and size, connections, request time, API body size, and the
+//!   per-address limit on wrong secrets kept by [`api::SecretThrottle`]).
 //! - [`cdn`]: purging the CDN layers in front of isr (`[[cdn]]`: HTTP `PURGE` with
 //!   Varnish xkey tags, Cloudflare, Fastly, a signed webhook) after revalidations, batched
 //!   and retried by one background worker per CDN, and the tag headers sent downstream.
