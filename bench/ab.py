@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""A/B of two isr binaries on the hit path, interleaved in one run (a b a b …), so a
+change can be measured on this noisy machine without comparing runs of different days.
+
+    python3 bench/ab.py OLD_BINARY NEW_BINARY [--reps 5] [--duration 5]
+
+Same set-up as bench/run.py (origin, 16 KiB pages, isr pinned to CPU 0, wrk -t1 -c64 on
+CPU 1): the hot URL and the spread over 1,000 URLs. Prints medians of rps and hits per
+server CPU-second, and new/old ratios.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402
+
+PORTS = {"old": 19105, "new": 19106}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=5)
+    args = ap.parse_args()
+    run.sh("cargo build --release -q --example bench_origin", cwd=run.ROOT)
+    work = tempfile.mkdtemp(prefix="isr-ab-")
+    s = run.Servers(work)
+    results = {(n, sc): [] for n in PORTS for sc in ("hot-16k", "spread-16k")}
+    try:
+        s.start("origin", [os.path.join(run.ROOT, "target/release/examples/bench_origin"), "serve", run.ORIGIN],
+                cpu="1")
+        run.wait_up(f"http://{run.ORIGIN}/page/0")
+        for name, binary in (("old", args.old), ("new", args.new)):
+            d = os.path.join(work, name)
+            os.makedirs(d)
+            config = os.path.join(d, "isr.toml")
+            with open(config, "w") as f:
+                f.write(f'listen = "127.0.0.1:{PORTS[name]}"\norigin = "http://{run.ORIGIN}"\n'
+                        f'data_dir = "{d}/data"\n[[route]]\nmatch = "/page/{{n}}"\nrevalidate = 60\n')
+            s.start(name, [binary, "serve", "--config", config], env={"ISR_SECRET": "x", "ISR_LOG": "warn"})
+            run.wait_up(f"http://127.0.0.1:{PORTS[name]}/_isr/health")
+            for i in range(run.PAGES):
+                run.get(f"http://127.0.0.1:{PORTS[name]}/page/{i}")
+        run.PORTS.update(PORTS)
+        for rep in range(args.reps):
+            for sc in ("hot-16k", "spread-16k"):
+                for name in ("old", "new") if rep % 2 == 0 else ("new", "old"):
+                    r = run.wrk(name, sc, args.duration, s.procs[name].pid)
+                    results[(name, sc)].append(r)
+                    print(f"rep {rep} {sc:11} {name}  {r['rps']:9.0f} rps  {r['hits_per_cpu_s']:9.0f} per CPU-s",
+                          flush=True)
+    finally:
+        s.stop_all()
+    print(f"\nCommand: `python3 bench/ab.py OLD NEW --reps {args.reps} --duration {args.duration}`\n")
+    print("| scenario | old rps | new rps | new/old | old per CPU-s | new per CPU-s | new/old |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for sc in ("hot-16k", "spread-16k"):
+        med = {n: (statistics.median(r["rps"] for r in results[(n, sc)]),
+                   statistics.median(r["hits_per_cpu_s"] for r in results[(n, sc)])) for n in PORTS}
+        (orps, ocpu), (nrps, ncpu) = med["old"], med["new"]
+        print(f"| {sc} | {orps:,.0f} | {nrps:,.0f} | {nrps / orps:.2f} | {ocpu:,.0f} | {ncpu:,.0f} | {ncpu / ocpu:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
