@@ -78,14 +78,8 @@ impl Drop for Varnish {
 }
 
 /// Waits (at most 20 s: purge retries back off for seconds) until `f` is true.
-async fn within(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..400 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
+async fn within(what: &str, f: impl AsyncFnMut() -> bool) {
+    common::eventually_for(Duration::from_secs(20), what, f).await
 }
 
 async fn purges(isr: &Isr, cdn: &str, result: &str) -> f64 {
