@@ -322,6 +322,19 @@ impl TagHeaders {
     }
 }
 
+/// The headers `emit_tags` adds to a cached page with these `tags` and `cache_control`,
+/// in the order they are sent: `Surrogate-Key` and `Cache-Tag` (when a tag can be sent),
+/// then `CDN-Cache-Control`. The hit lane and hyper's path both send exactly these.
+pub fn emitted_headers(tags: &[String], cache_control: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(3);
+    if let Some(t) = TagHeaders::of(tags) {
+        out.push(("surrogate-key", t.surrogate_key));
+        out.push(("cache-tag", t.cache_tag));
+    }
+    out.push(("cdn-cache-control", cdn_cache_control(cache_control)));
+    out
+}
+
 /// `CDN-Cache-Control` (RFC 9213) for a cached page: the same schedule as its
 /// `Cache-Control`, addressed to the CDN (`max-age` instead of `s-maxage`).
 pub fn cdn_cache_control(cache_control: &str) -> String {

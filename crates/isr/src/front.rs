@@ -394,18 +394,10 @@ impl Front {
         h.insert(header::ETAG, etag.clone());
         let cache_control = policy::cache_control(&timing, freshness, now);
         if self.engine.cdn().emits_tags() {
-            if let Some(t) = crate::cdn::TagHeaders::of(&e.meta.tags) {
-                for (name, value) in [
-                    ("surrogate-key", t.surrogate_key),
-                    ("cache-tag", t.cache_tag),
-                ] {
-                    if let Ok(v) = HeaderValue::from_str(&value) {
-                        h.insert(name, v);
-                    }
+            for (name, value) in crate::cdn::emitted_headers(&e.meta.tags, &cache_control) {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(name, v);
                 }
-            }
-            if let Ok(v) = HeaderValue::from_str(&crate::cdn::cdn_cache_control(&cache_control)) {
-                h.insert("cdn-cache-control", v);
             }
         }
         if let Ok(cc) = HeaderValue::from_str(&cache_control) {

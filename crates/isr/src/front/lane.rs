@@ -217,12 +217,9 @@ fn write_head(
     header(out, b"etag", e.etag(encoding).as_bytes());
     let cache_control = policy::cache_control(&timing, freshness, now);
     if emit_tags {
-        if let Some(t) = crate::cdn::TagHeaders::of(&e.meta.tags) {
-            header(out, b"surrogate-key", t.surrogate_key.as_bytes());
-            header(out, b"cache-tag", t.cache_tag.as_bytes());
+        for (name, value) in crate::cdn::emitted_headers(&e.meta.tags, &cache_control) {
+            header(out, name.as_bytes(), value.as_bytes());
         }
-        let cdn = crate::cdn::cdn_cache_control(&cache_control);
-        header(out, b"cdn-cache-control", cdn.as_bytes());
     }
     header(out, b"cache-control", cache_control.as_bytes());
     if e.varies() {
