@@ -449,6 +449,15 @@ impl Cdns {
         }
     }
 
+    /// Queues the purge of one page (`regenerated`: as [`Cdns::purge`]).
+    pub fn purge_path(&self, key: &str, regenerated: bool) {
+        let p = Purge {
+            paths: [key.to_string()].into(),
+            ..Purge::default()
+        };
+        self.purge(&p, regenerated);
+    }
+
     /// `isr_cdn_purges_total` in Prometheus text format (nothing without CDNs).
     pub fn render_metrics(&self, out: &mut String) {
         if self.workers.is_empty() {

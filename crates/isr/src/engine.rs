@@ -679,12 +679,8 @@ impl Engine {
     pub async fn regenerate_now(self: &Arc<Self>, key: &str) -> Outcome {
         let copy = self.lookup(key).await.map(|e| e.meta.revalidate);
         let outcome = self.produce(key, copy).await;
-        if matches!(outcome, Outcome::Stored(_)) && !self.cdn.is_empty() {
-            let p = Purge {
-                paths: [key.to_string()].into(),
-                ..Purge::default()
-            };
-            self.cdn.purge(&p, false);
+        if matches!(outcome, Outcome::Stored(_)) {
+            self.cdn.purge_path(key, false);
         }
         outcome
     }
@@ -987,11 +983,7 @@ impl Engine {
         self.hot.insert(key, entry.clone());
         self.schedule_refresh(key, &entry.meta);
         if copy.is_some() && !same_bodies && self.cdn.purges_on_regenerate() {
-            let p = Purge {
-                paths: [key.to_string()].into(),
-                ..Purge::default()
-            };
-            self.cdn.purge(&p, true);
+            self.cdn.purge_path(key, true);
         }
         Outcome::Stored(entry)
     }
