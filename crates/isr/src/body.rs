@@ -1,12 +1,85 @@
 //! The response body isr sends: cached bytes (zero-copy), or an origin body streamed
-//! through (bypass, oversized pages).
+//! through (bypass, oversized pages); and [`Boxed`], the one type isr uses for bodies it
+//! streams from elsewhere (hyper's, or an in-process app's).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+
+/// Any error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error a streamed body ended with (hyper's, or an app's).
+#[derive(Debug)]
+pub struct BodyError(BoxError);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// A body streamed from elsewhere: a visitor's request, an origin's response, or the
+/// response of the app behind an [`crate::layer::IsrLayer`].
+pub type Boxed = http_body_util::combinators::BoxBody<Bytes, BodyError>;
+
+/// Boxes a body of bytes into a [`Boxed`].
+pub fn boxed<B>(body: B) -> Boxed
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(|e| BodyError(e.into())).boxed()
+}
+
+/// Boxes a body that is `Send` but not `Sync` (axum's, for one): it is polled through
+/// `&mut` as usual; the two `&self` queries take an uncontended lock.
+pub fn boxed_unsync<B>(body: B) -> Boxed
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    boxed(Syncing(std::sync::Mutex::new(Box::pin(body))))
+}
+
+struct Syncing<B>(std::sync::Mutex<B>);
+
+impl<B: HttpBody + Unpin> HttpBody for Syncing<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let inner = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        Pin::new(inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).size_hint()
+    }
+}
 
 /// A response body.
 #[derive(Debug)]
@@ -18,7 +91,7 @@ pub enum Body {
         /// Read before deciding the page was too large to store.
         prefix: Option<Bytes>,
         /// The remainder, streamed as it arrives.
-        rest: Incoming,
+        rest: Boxed,
     },
 }
 
@@ -37,12 +110,12 @@ impl Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream { prefix, rest } => match prefix.take() {

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 
 use crate::config::{CdnConfig, CdnKind, Config};
 
@@ -376,15 +375,7 @@ impl Cdns {
         if cdns.is_empty() {
             return Cdns::default();
         }
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(REQUEST_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client: HttpsClient = Client::builder(TokioExecutor::new()).build(connector);
+        let client: HttpsClient = crate::origin::https_client(REQUEST_TIMEOUT);
         let workers: Vec<Arc<Worker>> = cdns
             .into_iter()
             .map(|cdn| {

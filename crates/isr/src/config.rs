@@ -67,6 +67,12 @@ pub struct Config {
     pub cdns: Vec<CdnConfig>,
     /// `[limits]`: what one client may take.
     pub limits: Limits,
+    /// `[cache_life.NAME]`: data cache profiles defined in the file (they may redefine
+    /// the built-in ones).
+    pub cache_life: std::collections::BTreeMap<String, crate::data::CacheLife>,
+    /// `[fetch] allow`: the upstream hosts `/_isr/fetch` may fetch (lower-case, with a
+    /// port when one is given).
+    pub fetch_allow: Vec<String>,
 }
 
 /// The `[limits]` table: bounds on what one client or connection may take.
@@ -289,6 +295,25 @@ struct File {
     cdn: Vec<FileCdn>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    cache_life: std::collections::BTreeMap<String, FileCacheLife>,
+    #[serde(default)]
+    fetch: FileFetch,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileCacheLife {
+    stale: Option<DurationValue>,
+    revalidate: Option<WindowValue>,
+    expire: Option<DurationValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileFetch {
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -731,7 +756,11 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
     };
     let cdns = parse_cdns(&file.cdn, public_url.as_ref(), &file.secret_env, &locate)?;
     let limits = parse_limits(&file.limits, &locate)?;
+    let cache_life = parse_cache_life(&file.cache_life, &locate)?;
+    let fetch_allow = parse_fetch_allow(&file.fetch.allow, &locate)?;
     Ok(Config {
+        cache_life,
+        fetch_allow,
         limits,
         cdns,
         refresh_per_second,
@@ -754,6 +783,67 @@ pub fn parse(name: &str, text: &str, overrides: &Overrides) -> Result<Config, Co
         api_path,
         redis,
     })
+}
+
+/// Reads `[cache_life.NAME]` tables; a key left out takes the built-in `default`
+/// profile's value, as in Next.js.
+fn parse_cache_life(
+    tables: &std::collections::BTreeMap<String, FileCacheLife>,
+    locate: &Locator<'_>,
+) -> Result<std::collections::BTreeMap<String, crate::data::CacheLife>, ConfigError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, t) in tables {
+        let base = crate::data::CacheLife::DEFAULT;
+        let at = |key: &str, r: Result<u64, String>| {
+            r.map_err(|m| locate.key_error(key, format!("[cache_life.{name}]: {m}")))
+        };
+        let life = crate::data::CacheLife {
+            stale: match &t.stale {
+                Some(d) => at("stale", d.ms())?,
+                None => base.stale,
+            },
+            revalidate: match &t.revalidate {
+                Some(w) => w.window().map_err(|m| {
+                    locate.key_error("revalidate", format!("[cache_life.{name}]: {m}"))
+                })?,
+                None => base.revalidate,
+            },
+            expire: match &t.expire {
+                Some(d) => at("expire", d.ms())?,
+                None => base.expire,
+            },
+        };
+        if life.revalidate.is_some_and(|r| r > life.expire) {
+            return Err(locate.key_error(
+                "expire",
+                format!("[cache_life.{name}]: expire must not be shorter than revalidate"),
+            ));
+        }
+        out.insert(name.clone(), life);
+    }
+    Ok(out)
+}
+
+/// Reads `[fetch] allow`: host names (or `host:port`), nothing else, so that the list
+/// can only ever name the APIs meant.
+fn parse_fetch_allow(hosts: &[String], locate: &Locator<'_>) -> Result<Vec<String>, ConfigError> {
+    hosts
+        .iter()
+        .map(|h| {
+            let ok = !h.is_empty()
+                && h.parse::<http::uri::Authority>()
+                    .is_ok_and(|a| a.as_str() == h && !h.contains('@'));
+            if ok {
+                Ok(h.to_ascii_lowercase())
+            } else {
+                Err(locate.value_error(
+                    "allow",
+                    h,
+                    "expected a host name such as \"api.example.com\" (optionally with :port), without scheme or path",
+                ))
+            }
+        })
+        .collect()
 }
 
 /// Validates `[limits]`: every value must leave isr usable.

@@ -21,7 +21,7 @@ use crate::config::{Config, Window};
 use crate::entry::Entry;
 use crate::key;
 use crate::metrics::{Metrics, OriginError, RevalidationKind, StoreOp};
-use crate::origin::{self, FetchError, Fetched, Origin};
+use crate::origin::{self, FetchError, Fetched, Origin, Source};
 use crate::policy::{self, Freshness, Mark};
 use crate::route::{Routes, Rules};
 use crate::store::{HotTier, Lease, Store, StoreError, StoreEvent};
@@ -181,8 +181,10 @@ pub struct Engine {
     store: Arc<dyn Store>,
     hot: HotTier,
     clock: TagClock,
-    origin: Origin,
+    /// Where pages come from: set at start for `isr serve`, by the layer for an app.
+    source: std::sync::OnceLock<Arc<dyn Source>>,
     flights: Mutex<HashMap<String, Flight>>,
+    data_flights: crate::data::DataFlights,
     backoff: Mutex<HashMap<String, Backoff>>,
     uncacheable: quick_cache::sync::Cache<String, u64>,
     regen_slots: Arc<Semaphore>,
@@ -244,8 +246,21 @@ struct Affected {
 }
 
 impl Engine {
-    /// Builds an engine over `store`, loading the tag clock from it.
+    /// Builds an engine over `store` that fetches pages from the configured HTTP origin,
+    /// loading the tag clock from the store.
     pub async fn new(cfg: Config, store: Arc<dyn Store>) -> Result<Arc<Engine>, StoreError> {
+        let origin = Arc::new(Origin::new(&cfg));
+        let engine = Engine::without_source(cfg, store).await?;
+        engine.bind_source(origin);
+        Ok(engine)
+    }
+
+    /// An engine whose source is bound later with [`Engine::bind_source`] (by the layer,
+    /// once it knows the app it wraps). Until then every fetch fails with a 502.
+    pub async fn without_source(
+        cfg: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Engine>, StoreError> {
         let clock = TagClock::new();
         let mut last = 0;
         let marks = match store.load_marks().await {
@@ -269,10 +284,11 @@ impl Engine {
         let engine = Arc::new(Engine {
             routes: Routes::new(&cfg.routes),
             hot: HotTier::new(cfg.cache.memory),
-            origin: Origin::new(&cfg),
+            source: std::sync::OnceLock::new(),
             regen_slots: Arc::new(Semaphore::new(cfg.cache.regen_concurrency)),
             uncacheable: quick_cache::sync::Cache::new(10_000),
             flights: Mutex::default(),
+            data_flights: Mutex::default(),
             backoff: Mutex::default(),
             clock,
             store,
@@ -352,9 +368,18 @@ impl Engine {
         &self.routes
     }
 
-    /// The origin client.
-    pub fn origin(&self) -> &Origin {
-        &self.origin
+    /// Sets where pages come from; false if a source was already bound (an engine has
+    /// one source for its whole life).
+    pub fn bind_source(&self, source: Arc<dyn Source>) -> bool {
+        self.source.set(source).is_ok()
+    }
+
+    /// Where pages come from.
+    pub fn source(&self) -> &dyn Source {
+        match self.source.get() {
+            Some(s) => s.as_ref(),
+            None => &origin::Unbound,
+        }
     }
 
     /// The counters behind `/_isr/metrics`.
@@ -400,12 +425,18 @@ impl Engine {
     ) -> Result<u64, StoreError> {
         let (mut after, mut pages): (Option<String>, u64) = (None, 0);
         loop {
-            let page = self.store.list("", after.as_deref(), 1000).await?;
+            let mut page = self.store.list("", after.as_deref(), 1000).await?;
+            let next = match page.last() {
+                Some((k, _)) if page.len() == 1000 => Some(k.clone()),
+                _ => None,
+            };
+            // Data cache values are not pages: nobody visits them, they refresh when read.
+            page.retain(|(k, _)| key::is_page(k));
             pages += page.len() as u64;
             f(&page);
-            match page.last() {
-                Some((k, _)) if page.len() == 1000 => after = Some(k.clone()),
-                _ => return Ok(pages),
+            match next {
+                Some(k) => after = Some(k),
+                None => return Ok(pages),
             }
         }
     }
@@ -685,7 +716,7 @@ impl Engine {
         outcome
     }
 
-    fn in_backoff(&self, key: &str, now: u64) -> bool {
+    pub(crate) fn in_backoff(&self, key: &str, now: u64) -> bool {
         let b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
         b.get(key).is_some_and(|b| b.until > now)
     }
@@ -712,7 +743,7 @@ impl Engine {
     /// The outcome of a fetch whose task ended without producing one (a 502 to visitors).
     fn abandoned(&self) -> Outcome {
         Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&FetchError::Invalid {
-            origin: self.origin.url().to_string(),
+            origin: self.source().name().to_string(),
             detail: "the regeneration was abandoned".into(),
         })))
     }
@@ -804,7 +835,7 @@ impl Engine {
 
     /// The stored page for `key` if it is fresh now and not yet due for an early refresh
     /// (then also kept hot): a page another node has just regenerated.
-    async fn fresh_in_store(&self, key: &str) -> Option<Arc<Entry>> {
+    pub(crate) async fn fresh_in_store(&self, key: &str) -> Option<Arc<Entry>> {
         let meta = self.store.get_meta(key).await.ok()??;
         let now = self.now();
         if self.freshness(key, &meta, now) != Freshness::Fresh
@@ -858,9 +889,9 @@ impl Engine {
     /// failure then keeps that page and backs off.
     async fn fetch_and_store(&self, key: &str, copy: Option<Window>) -> Outcome {
         let rules = &self.routes.rules(key::path_of(key));
-        let generated = self.now().max(self.last_mark.load(Ordering::SeqCst) + 1);
+        let generated = self.generation_stamp();
         let started = tokio::time::Instant::now();
-        let fetched = self.origin.fetch(key).await;
+        let fetched = self.source().fetch(key).await;
         match &fetched {
             Ok(Fetched::Complete(parts, _)) => {
                 self.metrics.origin_fetch(started.elapsed());
@@ -941,7 +972,7 @@ impl Engine {
             Ok(e) => Arc::new(e),
             Err(e) => {
                 let e = FetchError::Invalid {
-                    origin: self.origin.url().into(),
+                    origin: self.source().name().into(),
                     detail: e.to_string(),
                 };
                 return Outcome::Failed(Arc::new(ErrorResponse::from_fetch(&e)));
@@ -953,6 +984,22 @@ impl Engine {
             ms = started.elapsed().as_millis() as u64,
             "page generated"
         );
+        let entry = self.store_entry(key, entry, same_bodies).await;
+        self.schedule_refresh(key, &entry.meta);
+        if copy.is_some() && !same_bodies && self.cdn.purges_on_regenerate() {
+            self.cdn.purge_path(key, true);
+        }
+        Outcome::Stored(entry)
+    }
+
+    /// Stores a freshly fetched entry (keeping it in memory even if the store fails)
+    /// and returns what to serve: it, or a newer one stored meanwhile.
+    pub(crate) async fn store_entry(
+        &self,
+        key: &str,
+        entry: Arc<Entry>,
+        same_bodies: bool,
+    ) -> Arc<Entry> {
         self.backoff
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -969,7 +1016,7 @@ impl Engine {
                 if let Ok(Some(newer)) = self.store.get(key).await {
                     let newer = Arc::new(newer);
                     self.hot.insert(key, newer.clone());
-                    return Outcome::Stored(newer);
+                    return newer;
                 }
             }
             Err(StoreError::Unavailable(_)) => {}
@@ -981,11 +1028,18 @@ impl Engine {
             }
         }
         self.hot.insert(key, entry.clone());
-        self.schedule_refresh(key, &entry.meta);
-        if copy.is_some() && !same_bodies && self.cdn.purges_on_regenerate() {
-            self.cdn.purge_path(key, true);
-        }
-        Outcome::Stored(entry)
+        entry
+    }
+
+    /// The generation stamp for a fetch starting now: above every revalidation mark
+    /// handed out so far, so same-millisecond races resolve correctly.
+    pub(crate) fn generation_stamp(&self) -> u64 {
+        self.now().max(self.last_mark.load(Ordering::SeqCst) + 1)
+    }
+
+    /// The data cache's fetches in progress.
+    pub(crate) fn data_flights(&self) -> &crate::data::DataFlights {
+        &self.data_flights
     }
 
     fn uncacheable(
@@ -1013,7 +1067,7 @@ impl Engine {
         Outcome::Uncacheable(Arc::new(Mutex::new(Some(Passthrough { parts, body }))))
     }
 
-    fn record_failure(&self, key: &str, window: Window, why: &str) {
+    pub(crate) fn record_failure(&self, key: &str, window: Window, why: &str) {
         let now = self.now();
         let mut map = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
         let b = map.entry(key.to_string()).or_insert(Backoff {
@@ -1121,9 +1175,11 @@ impl Engine {
     async fn affected(&self, r: &Revalidation, by_tag: impl Fn(&str) -> bool) -> Affected {
         let mut found = Affected::default();
         for t in r.tags.iter().filter(|t| by_tag(t)) {
+            let keys = self.store.keys_with_tag(t).await.unwrap_or_default();
+            // Data cache values carry tags too; they refresh when next read.
             found
                 .by_tag
-                .extend(self.store.keys_with_tag(t).await.unwrap_or_default());
+                .extend(keys.into_iter().filter(|k| key::is_page(k)));
         }
         for p in &r.pages {
             let keys = self.store.keys_with_prefix(p).await.unwrap_or_default();

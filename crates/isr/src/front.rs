@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -20,7 +19,7 @@ use crate::admin;
 use crate::api::{self, ApiError, SecretThrottle, Secrets};
 
 mod lane;
-use crate::body::Body;
+use crate::body::{Body, Boxed};
 use crate::engine::{Engine, Outcome, Served};
 use crate::entry::{self, Entry};
 use crate::key;
@@ -69,6 +68,7 @@ pub struct Front {
     secrets: Secrets,
     sessions: admin::Sessions,
     throttle: SecretThrottle,
+    fetcher: Arc<crate::fetch::Fetcher>,
 }
 
 impl Front {
@@ -82,6 +82,7 @@ impl Front {
         }
         Arc::new(Front {
             throttle: SecretThrottle::new(engine.config().limits.failed_secrets_per_minute),
+            fetcher: Arc::new(crate::fetch::Fetcher::new(engine.config())),
             engine,
             secrets,
             sessions: admin::Sessions::default(),
@@ -146,7 +147,7 @@ impl Front {
                 let service = service_fn(move |req| {
                     let front = front.clone();
                     async move {
-                        let answer = front.handle(req, remote, trusted);
+                        let answer = front.handle(req.map(crate::body::boxed), remote, trusted);
                         let res = tokio::time::timeout(request_timeout, answer)
                             .await
                             .unwrap_or_else(|_| {
@@ -192,7 +193,7 @@ impl Front {
     /// `--debug-cache`).
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<Boxed>,
         remote: SocketAddr,
         trusted: bool,
     ) -> Response<Body> {
@@ -241,7 +242,7 @@ impl Front {
 
     async fn answer(
         &self,
-        req: Request<Incoming>,
+        req: Request<Boxed>,
         remote: SocketAddr,
         trusted: bool,
     ) -> Response<Body> {
@@ -306,7 +307,7 @@ impl Front {
 
     async fn respond(
         &self,
-        req: Request<Incoming>,
+        req: Request<Boxed>,
         key: &str,
         served: Served,
         remote: SocketAddr,
@@ -346,7 +347,7 @@ impl Front {
     /// A response from a cached entry.
     fn cached(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<Boxed>,
         key: &str,
         e: &Entry,
         state: CacheState,
@@ -412,8 +413,8 @@ impl Front {
         res
     }
 
-    async fn proxy(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-        match self.engine.origin().proxy(req, remote.ip()).await {
+    async fn proxy(&self, req: Request<Boxed>, remote: SocketAddr) -> Response<Body> {
+        match self.engine.source().proxy(req, remote.ip()).await {
             Ok(res) => {
                 let (mut parts, body) = res.into_parts();
                 parts
@@ -437,9 +438,11 @@ impl Front {
         }
     }
 
-    async fn isr_route(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    async fn isr_route(&self, req: Request<Boxed>, peer: Peer) -> Response<Body> {
         let path = req.uri().path();
-        if !peer.trusted && (path == "/_isr/metrics" || path.starts_with("/_isr/admin")) {
+        if !peer.trusted
+            && (path == "/_isr/metrics" || path == "/_isr/fetch" || path.starts_with("/_isr/admin"))
+        {
             if let Some(wait) = self.throttle.blocked(peer.ip, self.engine.now()) {
                 let e = SecretThrottle::refusal(wait);
                 return json(e.status, &e.body());
@@ -482,6 +485,12 @@ impl Front {
                 },
                 None => unauthorized("the status needs the secret: Authorization: Bearer <secret>"),
             },
+            (&Method::GET, "/_isr/fetch") => match self.auth(&req, peer) {
+                Some(_) => self.fetcher.serve(&self.engine, &req).await,
+                None => unauthorized(
+                    "/_isr/fetch is for the origin: send Authorization: Bearer <secret>, or call it on admin_listen",
+                ),
+            },
             (&Method::POST, "/_isr/admin/login") => self.login(req, peer).await,
             (&Method::POST, "/_isr/admin/logout" | "/_isr/admin/revalidate") => {
                 self.admin_post(req, peer).await
@@ -517,7 +526,7 @@ impl Front {
 
     /// Who may use the admin routes: the private listener, the secret as a bearer token,
     /// or a login session (whose CSRF token guards its forms).
-    fn auth(&self, req: &Request<Incoming>, peer: Peer) -> Option<Auth> {
+    fn auth(&self, req: &Request<Boxed>, peer: Peer) -> Option<Auth> {
         if peer.trusted {
             return Some(Auth::default());
         }
@@ -540,7 +549,7 @@ impl Front {
         })
     }
 
-    async fn login(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    async fn login(&self, req: Request<Boxed>, peer: Peer) -> Response<Body> {
         let Ok(form) = form_body(req).await else {
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "form too large\n");
         };
@@ -569,7 +578,7 @@ impl Front {
 
     /// The admin page's forms: logout and revalidate. A session must send its CSRF token;
     /// a request from another site's page is refused by its `Origin` as well.
-    async fn admin_post(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    async fn admin_post(&self, req: Request<Boxed>, peer: Peer) -> Response<Body> {
         if cross_site(req.headers()) {
             return plain(
                 StatusCode::FORBIDDEN,
@@ -636,7 +645,7 @@ impl Front {
         redirect(&format!("{back}{sep}done={}", admin::url_encode(&done)))
     }
 
-    async fn revalidate_api(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    async fn revalidate_api(&self, req: Request<Boxed>, peer: Peer) -> Response<Body> {
         match self.revalidate_inner(req, peer).await {
             Ok(now) => json(
                 StatusCode::OK,
@@ -646,7 +655,7 @@ impl Front {
         }
     }
 
-    async fn revalidate_inner(&self, req: Request<Incoming>, peer: Peer) -> Result<u64, ApiError> {
+    async fn revalidate_inner(&self, req: Request<Boxed>, peer: Peer) -> Result<u64, ApiError> {
         if req.method() != Method::POST {
             return Err(ApiError {
                 status: StatusCode::METHOD_NOT_ALLOWED,
@@ -756,7 +765,7 @@ fn cross_site(h: &HeaderMap) -> bool {
 }
 
 /// A form body (at most 16 KiB) as decoded pairs.
-async fn form_body(req: Request<Incoming>) -> Result<Vec<(String, String)>, ()> {
+async fn form_body(req: Request<Boxed>) -> Result<Vec<(String, String)>, ()> {
     let body = Limited::new(req.into_body(), 16 * 1024)
         .collect()
         .await
@@ -844,11 +853,7 @@ fn cookie_bypasses(value: &[u8], names: &[String]) -> bool {
 /// An origin response that was not stored, made ready for the visitor: hop-by-hop and
 /// isr's control headers removed (they are never sent to visitors), its state set, no
 /// body for HEAD.
-fn not_stored(
-    req: &Request<Incoming>,
-    mut res: Response<Body>,
-    state: CacheState,
-) -> Response<Body> {
+fn not_stored(req: &Request<Boxed>, mut res: Response<Body>, state: CacheState) -> Response<Body> {
     let h = res.headers_mut();
     crate::origin::strip_hop_by_hop(h);
     h.remove("x-isr-tags");
@@ -868,6 +873,18 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     res
+}
+
+/// `{"error": message}` with `status`.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    json(
+        status,
+        &ApiError {
+            status,
+            message: message.into(),
+        }
+        .body(),
+    )
 }
 
 fn json(status: StatusCode, body: &str) -> Response<Body> {

@@ -3,6 +3,12 @@
 //! The key is also exactly what is requested from the origin, so the page stored under a
 //! key is always the page the origin serves for it.
 
+/// Whether a store key is a page's (data cache values are stored under `data:` and
+/// `fetch:` keys, which never start with `/`).
+pub fn is_page(key: &str) -> bool {
+    key.starts_with('/')
+}
+
 /// Normalises a request target (`path?query`) into a cache key.
 ///
 /// - unreserved characters that were percent-encoded are decoded, other escapes get

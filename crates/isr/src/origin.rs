@@ -1,17 +1,24 @@
 //! The origin: fetching pages for the cache, proxying what is not cached, and turning an
 //! origin response into an [`Entry`] (header filtering, tags, freshness, compression).
+//!
+//! The engine asks a [`Source`] for pages. `isr serve`'s source is [`Origin`], an HTTP
+//! client for the configured site; [`crate::layer::IsrLayer`]'s is the app it wraps,
+//! called in-process. Everything after the fetch (what is stored, tags, freshness,
+//! variants) is the same for both.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
+use crate::body::{self, Boxed};
 use crate::config::{CacheConfig, Config};
 use crate::entry::{self, Entry, Meta};
 use crate::policy::{self, OriginFreshness, ResponseFacts, Uncacheable};
@@ -67,13 +74,108 @@ pub enum Fetched {
     /// Fully read, within `max_body`.
     Complete(http::response::Parts, Bytes),
     /// Over `max_body`: what was read so far and the rest, for the visitor who asked.
-    TooLarge(http::response::Parts, Bytes, Incoming),
+    TooLarge(http::response::Parts, Bytes, Boxed),
+}
+
+/// A future returned by a [`Source`].
+pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where pages come from: the site's HTTP origin ([`Origin`]) or an app in-process.
+pub trait Source: Send + Sync + 'static {
+    /// Fetches `key` (path and query) for the cache, with no visitor data, reading at
+    /// most `max_body` bytes before giving up on storing it.
+    fn fetch<'a>(&'a self, key: &'a str) -> SourceFuture<'a, Result<Fetched, FetchError>>;
+
+    /// Hands a visitor's own request on (bypass, non-`GET` methods, hit-for-miss).
+    fn proxy(
+        &self,
+        req: Request<Boxed>,
+        client: IpAddr,
+    ) -> SourceFuture<'_, Result<Response<Boxed>, FetchError>>;
+
+    /// What to call the source in messages (the origin's URL).
+    fn name(&self) -> &str;
+}
+
+/// A client for `http://` and `https://` URLs elsewhere (CDN APIs, `/_isr/fetch`
+/// upstreams), with the web's root certificates.
+pub(crate) fn https_client<B>(
+    connect_timeout: Duration,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// The source of an engine that has none yet: every request fails.
+pub(crate) struct Unbound;
+
+impl Source for Unbound {
+    fn fetch<'a>(&'a self, _key: &'a str) -> SourceFuture<'a, Result<Fetched, FetchError>> {
+        Box::pin(async { Err(unbound()) })
+    }
+
+    fn proxy(
+        &self,
+        _req: Request<Boxed>,
+        _client: IpAddr,
+    ) -> SourceFuture<'_, Result<Response<Boxed>, FetchError>> {
+        Box::pin(async { Err(unbound()) })
+    }
+
+    fn name(&self) -> &str {
+        "(none)"
+    }
+}
+
+fn unbound() -> FetchError {
+    FetchError::Connect {
+        origin: "(none)".into(),
+        detail: "the engine has no source yet: wrap a service with its IsrLayer".into(),
+    }
+}
+
+/// Reads `body` into memory unless it is longer than `max_body`.
+pub(crate) async fn read_body(
+    parts: http::response::Parts,
+    mut body: Boxed,
+    max_body: u64,
+    invalid: impl Fn(String) -> FetchError,
+) -> Result<Fetched, FetchError> {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Ok(Fetched::TooLarge(parts, Bytes::new(), body));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(16384).min(max_body) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| invalid(format!("body cut short: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() as u64 > max_body {
+                return Ok(Fetched::TooLarge(parts, buf.freeze(), body));
+            }
+        }
+    }
+    Ok(Fetched::Complete(parts, buf.freeze()))
 }
 
 /// The HTTP client side of isr.
 pub struct Origin {
     client: Client<HttpConnector, Empty<Bytes>>,
-    proxy_client: Client<HttpConnector, Incoming>,
+    proxy_client: Client<HttpConnector, Boxed>,
     base: String,
     host: HeaderValue,
     forwarded: Option<(HeaderValue, HeaderValue)>,
@@ -202,26 +304,8 @@ impl Origin {
                 .request(req)
                 .await
                 .map_err(|e| self.connect_error(&e))?;
-            let (parts, mut body) = res.into_parts();
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > self.max_body) {
-                return Ok(Fetched::TooLarge(parts, Bytes::new(), body));
-            }
-            let mut buf =
-                BytesMut::with_capacity(declared.unwrap_or(16384).min(self.max_body) as usize);
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| self.invalid(format!("body cut short: {e}")))?;
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                    if buf.len() as u64 > self.max_body {
-                        return Ok(Fetched::TooLarge(parts, buf.freeze(), body));
-                    }
-                }
-            }
-            Ok(Fetched::Complete(parts, buf.freeze()))
+            let (parts, body) = res.into_parts();
+            read_body(parts, body::boxed(body), self.max_body, |d| self.invalid(d)).await
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
@@ -233,9 +317,9 @@ impl Origin {
     /// headers minus hop-by-hop ones, `Host` = origin_host, `X-Forwarded-For` appended.
     pub async fn proxy(
         &self,
-        req: Request<Incoming>,
+        req: Request<Boxed>,
         client: IpAddr,
-    ) -> Result<Response<Incoming>, FetchError> {
+    ) -> Result<Response<Boxed>, FetchError> {
         let (parts, body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut out = Request::builder()
@@ -257,11 +341,29 @@ impl Origin {
         match tokio::time::timeout(self.timeout, self.proxy_client.request(out)).await {
             Ok(Ok(mut res)) => {
                 strip_hop_by_hop(res.headers_mut());
-                Ok(res)
+                Ok(res.map(body::boxed))
             }
             Ok(Err(e)) => Err(self.connect_error(&e)),
             Err(_) => Err(self.timed_out()),
         }
+    }
+}
+
+impl Source for Origin {
+    fn fetch<'a>(&'a self, key: &'a str) -> SourceFuture<'a, Result<Fetched, FetchError>> {
+        Box::pin(Origin::fetch(self, key))
+    }
+
+    fn proxy(
+        &self,
+        req: Request<Boxed>,
+        client: IpAddr,
+    ) -> SourceFuture<'_, Result<Response<Boxed>, FetchError>> {
+        Box::pin(Origin::proxy(self, req, client))
+    }
+
+    fn name(&self) -> &str {
+        &self.base
     }
 }
 

@@ -157,7 +157,7 @@ async fn sitemap_pages(engine: &Engine, path: &str) -> (Vec<(String, f32)>, bool
 }
 
 async fn fetch_text(engine: &Engine, path: &str) -> Result<String, String> {
-    match engine.origin().fetch(path).await {
+    match engine.source().fetch(path).await {
         Ok(Fetched::Complete(parts, body)) if parts.status.is_success() => {
             Ok(String::from_utf8_lossy(&body).into_owned())
         }
