@@ -29,7 +29,9 @@ async fn fetch(isr: &Isr, url: &str, headers: &[(&str, &str)]) -> common::Reply 
     let auth = format!("Bearer {SECRET}");
     let mut all = vec![("authorization", auth.as_str())];
     all.extend_from_slice(headers);
-    isr.request("GET", &fetch_path(url), &all, "").await.unwrap()
+    isr.request("GET", &fetch_path(url), &all, "")
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -72,7 +74,12 @@ async fn an_upstream_is_fetched_once_cached_with_tags_and_revalidated_by_tag() {
             ..Default::default()
         },
     );
-    assert_eq!(isr.revalidate(serde_json::json!({"tag": "posts"})).await.status, 200);
+    assert_eq!(
+        isr.revalidate(serde_json::json!({"tag": "posts"}))
+            .await
+            .status,
+        200
+    );
     let stale = fetch(&isr, &url, &tagged).await;
     assert_eq!(stale.cache(), "STALE");
     assert_eq!(stale.text(), "{\"posts\":[1,2]}");
@@ -95,7 +102,10 @@ async fn an_upstream_is_fetched_once_cached_with_tags_and_revalidated_by_tag() {
         .await;
     assert_eq!(r.status, 200);
     let fresh = fetch(&isr, &url, &tagged).await;
-    assert_eq!((fresh.cache(), fresh.text().as_str()), ("MISS", "{\"posts\":[]}"));
+    assert_eq!(
+        (fresh.cache(), fresh.text().as_str()),
+        ("MISS", "{\"posts\":[]}")
+    );
 }
 
 #[tokio::test]
@@ -107,7 +117,12 @@ async fn only_the_origin_may_call_it() {
     let anonymous = isr.get(&fetch_path(&url)).await.unwrap();
     assert_eq!(anonymous.status, 401, "{}", anonymous.text());
     let wrong = isr
-        .request("GET", &fetch_path(&url), &[("authorization", "Bearer nope")], "")
+        .request(
+            "GET",
+            &fetch_path(&url),
+            &[("authorization", "Bearer nope")],
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(wrong.status, 401);
@@ -143,7 +158,10 @@ async fn other_hosts_ip_literals_user_info_and_redirects_never_reach_an_internal
         (format!("http://2130706433:{inside}/secret"), 403),
         (format!("http://0x7f.0.0.1:{inside}/secret"), 403),
         (format!("http://localhost.:{up}/secret"), 403),
-        (format!("http://localhost:{up}@127.0.0.1:{inside}/secret"), 400),
+        (
+            format!("http://localhost:{up}@127.0.0.1:{inside}/secret"),
+            400,
+        ),
         ("file:///etc/passwd".to_string(), 400),
     ] {
         let r = fetch(&isr, &url, &[]).await;
@@ -166,7 +184,11 @@ async fn other_hosts_ip_literals_user_info_and_redirects_never_reach_an_internal
     );
     let r = fetch(&isr, &format!("http://localhost:{up}/moved"), &[]).await;
     assert_eq!(r.status, 502, "{}", r.text());
-    assert!(r.text().contains("does not follow redirects"), "{}", r.text());
+    assert!(
+        r.text().contains("does not follow redirects"),
+        "{}",
+        r.text()
+    );
     assert_eq!(internal.count("/secret"), 0);
     assert!(internal.log().is_empty());
 }

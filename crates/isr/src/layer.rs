@@ -350,6 +350,10 @@ where
         let cfg = self.isr.engine.config();
         let source = AppSource {
             inner,
+            isr: (
+                Arc::downgrade(&self.isr.front),
+                Arc::downgrade(&self.isr.engine),
+            ),
             host: HeaderValue::from_str(&cfg.origin_host)
                 .unwrap_or(HeaderValue::from_static("localhost")),
             timeout: cfg.cache.origin_timeout,
@@ -432,6 +436,8 @@ where
 /// The engine's source for an app: the wrapped service, called in-process.
 struct AppSource<S> {
     inner: S,
+    /// The [`Isr`] handed to renders as an extension (weak: the engine owns this).
+    isr: (std::sync::Weak<Front>, std::sync::Weak<Engine>),
     host: HeaderValue,
     timeout: Duration,
     max_body: u64,
@@ -476,6 +482,9 @@ where
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+        if let (Some(front), Some(engine)) = (self.isr.0.upgrade(), self.isr.1.upgrade()) {
+            req.extensions_mut().insert(Isr { front, engine });
+        }
         let (res, used) = crate::data::rendering(async {
             let res = self.call(req).await?;
             let (parts, body) = res.into_parts();
@@ -492,7 +501,7 @@ where
 }
 
 /// Gives a page the tags of the data its render read, and a revalidate window no
-/// longer than theirs (through the same headers an origin would send).
+/// longer than theirs (through headers an HTTP origin may send too).
 fn add_data_facts(h: &mut http::HeaderMap, used: &crate::data::Used) {
     if !used.tags.is_empty() {
         let mut tags = h
@@ -511,13 +520,7 @@ fn add_data_facts(h: &mut http::HeaderMap, used: &crate::data::Used) {
         }
     }
     if let Some(ms) = used.revalidate {
-        let secs = ms.div_ceil(1000);
-        let own = h
-            .get("x-isr-revalidate")
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        if own.is_none_or(|o| secs < o) {
-            h.insert("x-isr-revalidate", HeaderValue::from(secs));
-        }
+        h.insert("x-isr-revalidate-max", HeaderValue::from(ms.div_ceil(1000)));
     }
 }
 

@@ -198,7 +198,7 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Origin headers that are not stored: hop-by-hop, the ones isr sets itself, and the
 /// control headers meant for isr only.
-const NOT_STORED: [&str; 12] = [
+const NOT_STORED: [&str; 13] = [
     "content-length",
     "cache-control",
     "age",
@@ -208,6 +208,7 @@ const NOT_STORED: [&str; 12] = [
     "vary",
     "x-isr-tags",
     "x-isr-revalidate",
+    "x-isr-revalidate-max",
     "cache-tag",
     "surrogate-key",
     "surrogate-control",
@@ -494,6 +495,18 @@ pub fn build_entry(
         cache.revalidate,
         cache.expire,
     );
+    // `x-isr-revalidate-max`: a cap on the window, whatever set it (the layer sends the
+    // shortest window of the data a render read).
+    let cap = parts
+        .headers
+        .get("x-isr-revalidate-max")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(|s| s.saturating_mul(1000));
+    let revalidate = match (revalidate, cap) {
+        (Some(r), Some(c)) => Some(r.min(c)),
+        (None, c) => c,
+        (r, None) => r,
+    };
     let mut tags = rules.tags.clone();
     for t in origin_tags(&parts.headers) {
         if !tags.contains(&t) {
