@@ -181,6 +181,11 @@ pub(crate) async fn rendering<F: Future>(render: F) -> (F::Output, Used) {
     (out, used)
 }
 
+/// Whether this task is rendering a page for the cache.
+fn in_render() -> bool {
+    RENDER.try_with(|_| ()).is_ok()
+}
+
 fn note_use(tags: &[String], revalidate: Window) {
     let _ = RENDER.try_with(|used| {
         let mut u = used.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,7 +239,10 @@ impl DataCache {
     /// (served while refreshes back off, 3 s doubling); with none, it is the error.
     ///
     /// A page rendered by the app behind an [`crate::layer::IsrLayer`] that calls this
-    /// gets `tags`, and a revalidate window no longer than this value's.
+    /// gets `tags`, and a revalidate window no longer than this value's. Such a render
+    /// waits for a stale value to be refreshed (the page would otherwise be stored
+    /// fresh with data already replaced); a value whose refreshes are failing is used
+    /// as it is.
     pub async fn get_or_fetch<T, E, F, Fut>(
         &self,
         key: &str,
@@ -291,13 +299,16 @@ impl DataCache {
         let copy = match e.lookup(skey).await {
             Some(entry) => match e.freshness(skey, &entry.meta, now) {
                 Freshness::Fresh => return Ok((entry, Found::Hit)),
-                Freshness::Stale => {
+                // A page render waits for stale data instead: the page it makes is
+                // stored fresh, so it must not be made from a value already replaced
+                // (the usual case: a revalidated tag that both carry).
+                Freshness::Stale if !in_render() => {
                     if !e.in_backoff(skey, now) {
                         drop(self.join_or_start(skey, tags, life, fetch, true));
                     }
                     return Ok((entry, Found::Stale));
                 }
-                Freshness::Expired => Some(entry),
+                Freshness::Stale | Freshness::Expired => Some(entry),
             },
             None => None,
         };

@@ -22,7 +22,7 @@
 //!     .await?;
 //! let router = Router::new().route("/blog/{slug}", get(|| async { "<h1>Hello</h1>" }));
 //! let app = isr.layer().layer(router);
-//! // Serve it with `axum::serve(listener, axum::ServiceExt::into_make_service(app))`.
+//! // Serve it with `axum::serve(listener, Router::new().fallback_service(app))`.
 //!
 //! let get = |path: &str| http::Request::get(path).body(axum::body::Body::empty()).unwrap();
 //! let first = app.clone().oneshot(get("/blog/hello")).await?;
