@@ -5,7 +5,7 @@
 //! ```text
 //! request ─► front ─► key + route ─► Engine::serve ─► policy::freshness(timing, tag clock mark, now)
 //!                                        │                    ├─ HIT / STALE ─► respond (STALE also starts a flight)
-//!                  HotTier ◄── Store (redb | redis)           └─ MISS ─► flight (single-flight) ─► Origin
+//!                  HotTier ◄── Store (redb | redis)           └─ MISS ─► flight (single-flight) ─► Source (HTTP origin, or the app behind IsrLayer)
 //!                                        ▲
 //!            revalidation API ─► TagClock (+ store marks) ─► (eager) flights
 //! ```
@@ -37,6 +37,16 @@
 //!   and retried by one background worker per CDN, and the tag headers sent downstream.
 //! - [`admin`]: the admin page (server-rendered HTML, login sessions, CSRF tokens) and the
 //!   status JSON; [`metrics`]: the counters behind `/_isr/metrics`.
+//! - [`layer`]: ISR inside a Rust web app. [`layer::Isr`] holds an engine whose
+//!   [`origin::Source`] is the app itself, and [`layer::IsrLayer`] wraps the app's router
+//!   so every request goes through the same front as `isr serve` (whose source is the
+//!   HTTP [`origin::Origin`]). `Isr` also has `revalidate_tag`, `update_tag` and
+//!   `revalidate_path` for handlers.
+//! - [`data`]: the data cache ([`data::DataCache::get_or_fetch`] with tags and a
+//!   [`data::CacheLife`]), in the pages' store and under the same tag clock; a page
+//!   rendered through the layer inherits the tags and shortest window of the data it
+//!   read. [`fetch`] serves it to origins in any language at `/_isr/fetch`, for the
+//!   upstream hosts of `[fetch] allow` only.
 //! - [`config`], [`key`], [`route`], [`api`]: configuration, cache keys, routes and the
 //!   revalidation API's parsing.
 #![deny(missing_docs)]
