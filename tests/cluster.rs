@@ -324,3 +324,46 @@ async fn a_regeneration_longer_than_the_lease_keeps_it_by_renewing() {
     assert_eq!(first.body, second.body);
     assert_eq!(origin.count("/blog/slow"), 1);
 }
+
+#[tokio::test]
+async fn data_cache_values_are_fetched_once_across_nodes_and_revalidated_on_every_node() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let redis = Redis::start();
+    let node = || async {
+        isr::layer::Isr::builder()
+            .redis(&redis.url())
+            .build()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (node().await, node().await);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let read = |isr: &isr::layer::Isr, value: &'static str| {
+        let (data, calls) = (isr.data(), calls.clone());
+        async move {
+            data.get_or_fetch("menu", &["nav"], "hours", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, String>(value.to_string())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // Both nodes miss at once: one fetch between them, through the store's lease.
+    let (from_a, from_b) = tokio::join!(read(&a, "first"), read(&b, "first"));
+    assert_eq!((from_a.as_str(), from_b.as_str()), ("first", "first"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // update_tag on one node expires the value on the other too.
+    a.update_tag("nav").await.unwrap();
+    eventually("node b sees the revalidation", async || {
+        read(&b, "second").await == "second"
+    })
+    .await;
+    assert_eq!(
+        read(&a, "third").await,
+        "second",
+        "node a reads b's new value"
+    );
+}
