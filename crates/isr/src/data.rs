@@ -258,31 +258,46 @@ impl DataCache {
     {
         let life = self.life(&life.into())?;
         let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
-        let name = key.to_string();
-        let raw: Fetch = Box::new(move || {
-            Box::pin(async move {
-                let value = fetch().await.map_err(|e| e.to_string())?;
-                let body = serde_json::to_vec(&value)
-                    .map_err(|e| format!("cannot serialise the value of {name}: {e}"))?;
-                Ok(Raw {
-                    status: 200,
-                    headers: vec![("content-type".into(), "application/json".into())],
-                    body: Bytes::from(body),
+        // The fetch, kept until used: a stored value that no longer fits `T` (its type
+        // changed in a deploy) is fetched again with it.
+        let slot = Arc::new(Mutex::new(Some(fetch)));
+        let raw = |slot: &Arc<Mutex<Option<F>>>| -> Fetch {
+            let (slot, name) = (slot.clone(), key.to_string());
+            Box::new(move || {
+                let fetch = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                Box::pin(async move {
+                    let fetch = fetch.ok_or("the fetch was already used")?;
+                    let value = fetch().await.map_err(|e| e.to_string())?;
+                    let body = serde_json::to_vec(&value)
+                        .map_err(|e| format!("cannot serialise the value of {name}: {e}"))?;
+                    Ok(Raw {
+                        status: 200,
+                        headers: vec![("content-type".into(), "application/json".into())],
+                        body: Bytes::from(body),
+                    })
                 })
             })
-        });
-        let (entry, _) = self
-            .get_raw(&format!("data:{key}"), tags, life, raw)
-            .await?;
-        match serde_json::from_slice(&entry.identity) {
-            Ok(v) => Ok(v),
-            // The stored value no longer fits `T` (the type changed in a deploy): it is
-            // replaced by a fresh one.
-            Err(e) => Err(DataError::Fetch {
-                key: key.into(),
-                message: format!("the cached value does not deserialise ({e}); revalidate its tags or wait for it to expire"),
-            }),
+        };
+        let skey = format!("data:{key}");
+        let (entry, _) = self.get_raw(&skey, tags.clone(), life, raw(&slot)).await?;
+        let undecodable = match serde_json::from_slice(&entry.identity) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let unused = slot.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        if unused {
+            tracing::warn!(key, error = %undecodable, "the cached value does not fit its type any more; fetching it again");
+            let rx = self.join_or_start(&skey, tags, life, raw(&slot), false);
+            if let Ok(entry) = wait(rx).await {
+                if let Ok(v) = serde_json::from_slice(&entry.identity) {
+                    return Ok(v);
+                }
+            }
         }
+        Err(DataError::Fetch {
+            key: key.into(),
+            message: format!("the value does not deserialise: {undecodable}"),
+        })
     }
 
     /// The stored entry for `skey` (a store key), fetching it with `fetch` when needed.
@@ -317,14 +332,8 @@ impl DataCache {
                 return Ok((old.clone(), Found::Stale));
             }
         }
-        let mut rx = self.join_or_start(skey, tags, life, fetch, copy.is_some());
-        let result = rx
-            .wait_for(Option::is_some)
-            .await
-            .ok()
-            .and_then(|v| v.clone())
-            .unwrap_or_else(|| Err("the fetch was abandoned".into()));
-        match (result, copy) {
+        let rx = self.join_or_start(skey, tags, life, fetch, copy.is_some());
+        match (wait(rx).await, copy) {
             (Ok(entry), _) => Ok((entry, Found::Miss)),
             (Err(_), Some(old)) => Ok((old, Found::Stale)),
             (Err(message), None) => Err(DataError::Fetch {
@@ -364,6 +373,15 @@ impl DataCache {
         });
         rx
     }
+}
+
+/// The outcome of a running fetch.
+async fn wait(mut rx: tokio::sync::watch::Receiver<Option<FlightResult>>) -> FlightResult {
+    rx.wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|v| v.clone())
+        .unwrap_or_else(|| Err("the fetch was abandoned".into()))
 }
 
 /// Removes a finished fetch from the map, even if its task panicked.

@@ -107,6 +107,7 @@ pub struct Route {
     tags: Vec<String>,
     dynamic: bool,
     cache: bool,
+    refresh: Option<String>,
 }
 
 impl Route {
@@ -118,6 +119,7 @@ impl Route {
             tags: Vec::new(),
             dynamic: true,
             cache: true,
+            refresh: None,
         }
     }
 
@@ -143,6 +145,14 @@ impl Route {
     /// calling the app.
     pub fn dynamic(mut self, dynamic: bool) -> Route {
         self.dynamic = dynamic;
+        self
+    }
+
+    /// `refresh`: `"on-request"` (default), `"ahead"` (a hit late in the window
+    /// regenerates early) or `"always"` (pages regenerate as they go stale, visited or
+    /// not).
+    pub fn refresh(mut self, refresh: &str) -> Route {
+        self.refresh = Some(refresh.into());
         self
     }
 
@@ -213,6 +223,12 @@ impl Isr {
             ..Default::default()
         })
         .await
+    }
+
+    /// Runs `[prebuild]` now (the layer also starts it once when it wraps the app):
+    /// fetches the listed and sitemap pages that are not stored and fresh.
+    pub async fn prebuild(&self) -> crate::prebuild::Report {
+        crate::prebuild::run(&self.engine, &|_, _| {}).await
     }
 
     /// Any revalidation the HTTP API can express (layouts, several tags, `eager`).
@@ -302,6 +318,9 @@ impl IsrBuilder {
                 r.dynamic,
                 r.cache
             ));
+            if let Some(refresh) = &r.refresh {
+                toml.push_str(&format!("refresh = {}\n", quote(refresh)));
+            }
         }
         let overrides = config::Overrides {
             origin: Some("http://localhost".into()),
@@ -365,6 +384,19 @@ where
              (`isr.layer().layer(router)`), not through axum's Router::layer, \
              which wraps each route separately"
         );
+        // `[prebuild]`, as `isr serve` does at start (`/_isr/health?ready` says when it
+        // is done), once there is an app to render the pages.
+        let p = &self.isr.engine.config().prebuild;
+        if !p.paths.is_empty() || p.sitemap.is_some() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let engine = self.isr.engine.clone();
+                engine.set_ready_later();
+                runtime.spawn(async move {
+                    crate::prebuild::run(&engine, &|_, _| {}).await;
+                    engine.set_ready();
+                });
+            }
+        }
         IsrService {
             isr: self.isr.clone(),
             inner: PhantomData,

@@ -338,6 +338,18 @@ async fn builder_errors_name_the_key() {
         .unwrap()
         .to_string();
     assert!(err.contains("match"), "{err}");
+    let err = Isr::builder()
+        .memory_store()
+        .route(Route::new("/a").refresh("sometimes"))
+        .build()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("refresh") && err.contains("sometimes"),
+        "{err}"
+    );
 }
 
 // ---- the data cache ------------------------------------------------------------------
@@ -598,4 +610,120 @@ async fn a_page_gets_the_tags_and_the_shortest_window_of_the_data_it_read() {
     let page = get_page(&app, "/home").await;
     let cc = page.headers["cache-control"].to_str().unwrap().to_string();
     assert!(cc.starts_with("public, s-maxage=30,"), "{cc}");
+}
+
+#[tokio::test]
+async fn listed_pages_of_a_static_route_are_prebuilt_and_others_are_404_without_the_app() {
+    let isr = Isr::builder()
+        .memory_store()
+        .config_toml("[prebuild]\npaths = [\"/docs/intro\"]\n")
+        .route(Route::new("/docs/{*path}").dynamic(false))
+        .build()
+        .await
+        .unwrap();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counted = renders.clone();
+    let router = Router::new().route(
+        "/docs/{*path}",
+        get(move || async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            "a doc"
+        }),
+    );
+    let app = isr.layer().layer(router);
+    for _ in 0..200 {
+        if get_page(&app, "/_isr/health?ready").await.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        1,
+        "prebuilt once the layer wrapped the app"
+    );
+    let intro = get_page(&app, "/docs/intro").await;
+    assert_eq!(
+        (intro.status, intro.cache(), intro.body.as_str()),
+        (200, "HIT", "a doc")
+    );
+    let unknown = get_page(&app, "/docs/unknown").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        1,
+        "the app is not asked for unknown pages"
+    );
+}
+
+#[tokio::test]
+async fn a_value_whose_type_changed_is_fetched_again() {
+    let isr = Isr::builder().memory_store().build().await.unwrap();
+    let data = isr.data();
+    let old: String = data
+        .get_or_fetch("settings", &[], "max", || async {
+            Ok::<_, String>("v1".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(old, "v1");
+    // A deploy changed the type stored under the key.
+    let new: Vec<u32> = data
+        .get_or_fetch("settings", &[], "max", || async {
+            Ok::<_, String>(vec![2])
+        })
+        .await
+        .unwrap();
+    assert_eq!(new, vec![2]);
+    let again: Vec<u32> = data
+        .get_or_fetch("settings", &[], "max", || async {
+            Err::<Vec<u32>, _>("not called: the new value is cached")
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, vec![2]);
+}
+
+#[tokio::test]
+async fn revalidating_a_data_tag_regenerates_the_page_with_the_new_data() {
+    let isr = Isr::builder()
+        .memory_store()
+        .route(Route::new("/prices").revalidate(3600))
+        .build()
+        .await
+        .unwrap();
+    let price = Arc::new(Mutex::new(10));
+    let current = price.clone();
+    let router = Router::new().route(
+        "/prices",
+        get(move |Extension(isr): Extension<Isr>| {
+            let current = current.clone();
+            async move {
+                let p: u32 = isr
+                    .data()
+                    .get_or_fetch("price", &["prices"], "max", move || async move {
+                        Ok::<_, String>(*current.lock().unwrap())
+                    })
+                    .await
+                    .unwrap();
+                format!("price {p}")
+            }
+        }),
+    );
+    let app = isr.layer().layer(router);
+    assert_eq!(get_page(&app, "/prices").await.body, "price 10");
+    *price.lock().unwrap() = 12;
+    isr.revalidate_tag("prices").await.unwrap();
+    let stale = get_page(&app, "/prices").await;
+    assert_eq!((stale.cache(), stale.body.as_str()), ("STALE", "price 10"));
+    // The regeneration does not reuse the stale value: the page shows the new price.
+    let mut body = String::new();
+    for _ in 0..200 {
+        body = get_page(&app, "/prices").await.body;
+        if body != "price 10" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(body, "price 12");
 }
