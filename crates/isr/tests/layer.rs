@@ -228,7 +228,7 @@ async fn an_edit_form_revalidates_by_tag_and_update_tag_reads_its_own_write() {
     assert!(blog.renders.load(Ordering::SeqCst) >= 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn response_headers_set_tags_and_window_and_uncacheable_answers_pass_through() {
     let (isr, app, blog) = blog_app().await;
     let first = get_page(&app, "/tagged").await;
@@ -559,7 +559,7 @@ async fn menu_page(Extension(isr): Extension<Isr>) -> String {
     menu.join(" | ")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_page_gets_the_tags_and_the_shortest_window_of_the_data_it_read() {
     let isr = Isr::builder()
         .memory_store()
