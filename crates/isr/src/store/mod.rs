@@ -13,6 +13,7 @@ use crate::entry::{Entry, Meta};
 use crate::policy::Mark;
 
 mod hot;
+mod marks;
 mod memory;
 mod redb;
 mod redis;

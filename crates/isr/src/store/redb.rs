@@ -3,8 +3,11 @@
 //! Tables: `meta` (key → metadata), `chunks` ((key, encoding, n) → up to 8,000 bytes of
 //! a body; redb rounds its pages up to powers of two, so a 16 KiB page stored whole took
 //! 32 KiB on disk and ~20 KiB in chunks), `tags`
-//! ((tag, key) → ()) for eager tag revalidation, `marks` (name → (stale_at, expire_at)).
-//! Metadata is apart from bodies so freshness checks never read a body.
+//! ((tag, key) → ()) for eager tag revalidation, and `marks` (name → (stale_at,
+//! expire_at)), which earlier versions wrote and which is still read. Metadata is apart
+//! from bodies so freshness checks never read a body. Revalidation marks are written to
+//! their own append-only log beside the database ([`super::marks`]): a revalidation then
+//! waits for one small `fdatasync`, not for a commit of the whole store.
 //!
 //! Writes go to one writer thread that groups whatever is queued into a single
 //! transaction (group commit): one fsync serves many pages. Every commit uses redb's
@@ -56,6 +59,7 @@ type Slot = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
 pub struct RedbStore {
     path: std::path::PathBuf,
     db: Slot,
+    marks: Arc<super::marks::MarkLog>,
     writer: mpsc::Sender<Write>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -77,10 +81,6 @@ enum Op {
         entry: Arc<Entry>,
         same_bodies: bool,
     },
-    Mark {
-        name: String,
-        mark: Mark,
-    },
 }
 
 struct Write {
@@ -100,6 +100,7 @@ impl RedbStore {
         })?;
         let path = dir.join("isr.redb");
         let db: Slot = Arc::new(std::sync::RwLock::new(Some(Arc::new(open_db(&path)?))));
+        let marks = Arc::new(super::marks::MarkLog::open(dir)?);
         let (writer, queue) = mpsc::channel();
         let (wdb, wpath) = (db.clone(), path.clone());
         let thread = std::thread::Builder::new()
@@ -109,6 +110,7 @@ impl RedbStore {
         Ok(RedbStore {
             path,
             db,
+            marks,
             writer,
             thread: Some(thread),
         })
@@ -246,7 +248,6 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
         let mut meta = txn.open_table(META).map_err(err)?;
         let mut body = txn.open_table(BODY).map_err(err)?;
         let mut tags = txn.open_table(TAGS).map_err(err)?;
-        let mut marks = txn.open_table(MARKS).map_err(err)?;
         for w in batch {
             match &w.op {
                 Op::Put {
@@ -302,24 +303,6 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
                     for t in &entry.meta.tags {
                         tags.insert((t.as_str(), key.as_str()), ()).map_err(err)?;
                     }
-                    results.push(true);
-                }
-                Op::Mark { name, mark } => {
-                    let old = marks
-                        .get(name.as_str())
-                        .map_err(err)?
-                        .map(|g| {
-                            let (s, e) = g.value();
-                            Mark {
-                                stale_at: s,
-                                expire_at: e,
-                            }
-                        })
-                        .unwrap_or_default();
-                    let m = old.merge(*mark);
-                    marks
-                        .insert(name.as_str(), (m.stale_at, m.expire_at))
-                        .map_err(err)?;
                     results.push(true);
                 }
             }
@@ -498,29 +481,29 @@ impl Store for RedbStore {
     }
 
     fn put_mark<'a>(&'a self, name: &'a str, mark: Mark) -> StoreFuture<'a, ()> {
-        let done = self.submit(Op::Mark {
-            name: name.to_string(),
-            mark,
-        });
-        Box::pin(async move { done.await.map(|_| ()) })
+        let (log, name) = (self.marks.clone(), name.to_string());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || log.append(&name, mark))
+                .await
+                .map_err(err)?
+        })
     }
 
     fn load_marks(&self) -> StoreFuture<'_, Vec<(String, Mark)>> {
         let r = self.read(|txn| {
+            // Marks written by earlier versions, then the log's.
+            let mut all = self.marks.load()?;
             let marks = txn.open_table(MARKS).map_err(err)?;
-            let mut out = Vec::new();
             for row in marks.iter().map_err(err)? {
                 let (k, v) = row.map_err(err)?;
                 let (s, e) = v.value();
-                out.push((
-                    k.value().to_string(),
-                    Mark {
-                        stale_at: s,
-                        expire_at: e,
-                    },
-                ));
+                let m = all.entry(k.value().to_string()).or_default();
+                *m = m.merge(Mark {
+                    stale_at: s,
+                    expire_at: e,
+                });
             }
-            Ok(out)
+            Ok(all.into_iter().collect())
         });
         Box::pin(std::future::ready(r))
     }
@@ -576,6 +559,33 @@ mod tests {
             )]
         );
         assert!(s.get("/missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn marks_written_by_earlier_versions_in_the_database_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(&dir.path().join("isr.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(MARKS)
+                .unwrap()
+                .insert("t:old", (40, 0))
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        s.put_mark("t:old", Mark::at(30, true)).await.unwrap();
+        s.put_mark("t:new", Mark::at(50, false)).await.unwrap();
+        let marks: std::collections::HashMap<_, _> =
+            s.load_marks().await.unwrap().into_iter().collect();
+        assert_eq!(
+            marks["t:old"],
+            Mark {
+                stale_at: 40,
+                expire_at: 30
+            }
+        );
+        assert_eq!(marks["t:new"], Mark::at(50, false));
     }
 
     #[tokio::test]
