@@ -45,6 +45,38 @@ fn key_with_query() -> String {
     )
 }
 
+const PAGE: Timing = Timing {
+    generated: 1_000_000,
+    revalidate: Some(60_000),
+    expire: 3_600_000,
+};
+
+/// `Cache-Control` of a fresh page as a `String` (hyper's path and emitted tag headers).
+#[divan::bench]
+fn cache_control_string() -> String {
+    policy::cache_control(
+        divan::black_box(&PAGE),
+        policy::Freshness::Fresh,
+        divan::black_box(1_030_000),
+    )
+}
+
+/// The same header written into a reused buffer, as the hit lane does.
+#[divan::bench]
+fn cache_control_written(b: divan::Bencher) {
+    let mut out = Vec::with_capacity(128);
+    b.bench_local(|| {
+        out.clear();
+        policy::CacheControl::of(
+            divan::black_box(&PAGE),
+            policy::Freshness::Fresh,
+            divan::black_box(1_030_000),
+        )
+        .write(&mut out);
+        divan::black_box(&out);
+    });
+}
+
 #[divan::bench]
 fn policy_freshness() -> policy::Freshness {
     let t = Timing {

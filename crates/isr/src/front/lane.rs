@@ -215,13 +215,16 @@ fn write_head(
         num.format(policy::secs(timing.age(now))).as_bytes(),
     );
     header(out, b"etag", e.etag(encoding).as_bytes());
-    let cache_control = policy::cache_control(&timing, freshness, now);
+    let cache_control = policy::CacheControl::of(&timing, freshness, now);
     if emit_tags {
-        for (name, value) in crate::cdn::emitted_headers(&e.meta.tags, &cache_control) {
+        let text = cache_control.to_string();
+        for (name, value) in crate::cdn::emitted_headers(&e.meta.tags, &text) {
             header(out, name.as_bytes(), value.as_bytes());
         }
     }
-    header(out, b"cache-control", cache_control.as_bytes());
+    out.extend_from_slice(b"cache-control: ");
+    cache_control.write(out);
+    out.extend_from_slice(b"\r\n");
     if e.varies() {
         header(out, b"vary", b"Accept-Encoding");
     }
