@@ -180,7 +180,10 @@ impl Isr {
 
     /// The layer that wraps the app (the whole router: `isr.layer().layer(router)`).
     pub fn layer(&self) -> IsrLayer {
-        IsrLayer { isr: self.clone() }
+        IsrLayer {
+            isr: self.clone(),
+            client_ip: socket_addr,
+        }
     }
 
     /// The engine (lookups, revalidations, metrics).
@@ -354,6 +357,27 @@ impl IsrBuilder {
 #[derive(Clone)]
 pub struct IsrLayer {
     isr: Isr,
+    client_ip: ClientIp,
+}
+
+/// Reads the client's address from a request's extensions.
+type ClientIp = fn(&http::Extensions) -> Option<IpAddr>;
+
+/// A `SocketAddr` extension, when the server put one there.
+fn socket_addr(ext: &http::Extensions) -> Option<IpAddr> {
+    ext.get::<SocketAddr>().map(SocketAddr::ip)
+}
+
+impl IsrLayer {
+    /// How to find the client's address in a request (the limit on wrong secrets counts
+    /// by it; without one, every client counts as one). With axum's
+    /// `into_make_service_with_connect_info::<SocketAddr>()`:
+    /// `.client_ip(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))`.
+    /// The default reads a `SocketAddr` extension.
+    pub fn client_ip(mut self, read: ClientIp) -> IsrLayer {
+        self.client_ip = read;
+        self
+    }
 }
 
 impl<S> tower_layer::Layer<S> for IsrLayer
@@ -399,6 +423,7 @@ where
         }
         IsrService {
             isr: self.isr.clone(),
+            client_ip: self.client_ip,
             inner: PhantomData,
         }
     }
@@ -408,6 +433,7 @@ where
 /// misses, regenerations and everything that is not cached.
 pub struct IsrService<S> {
     isr: Isr,
+    client_ip: ClientIp,
     inner: PhantomData<fn() -> S>,
 }
 
@@ -415,6 +441,7 @@ impl<S> Clone for IsrService<S> {
     fn clone(&self) -> Self {
         IsrService {
             isr: self.isr.clone(),
+            client_ip: self.client_ip,
             inner: PhantomData,
         }
     }
@@ -435,13 +462,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The client's address, when the server put one in the extensions: it is what
-        // the limit on wrong secrets counts by.
-        let remote = req
-            .extensions()
-            .get::<SocketAddr>()
-            .copied()
-            .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+        // The client's address, as `client_ip` finds it: what the limit on wrong secrets
+        // counts by.
+        let ip = (self.client_ip)(req.extensions()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let remote = SocketAddr::new(ip, 0);
         let mut req = req.map(body::boxed_unsync);
         req.extensions_mut().insert(self.isr.clone());
         let front = self.isr.front.clone();

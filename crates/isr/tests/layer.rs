@@ -727,3 +727,35 @@ async fn revalidating_a_data_tag_regenerates_the_page_with_the_new_data() {
     }
     assert_eq!(body, "price 12");
 }
+
+#[tokio::test]
+async fn wrong_secrets_are_limited_per_client_address_found_by_client_ip() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    let isr = Isr::builder()
+        .memory_store()
+        .secret("s3cret")
+        .config_toml("[limits]\nfailed_secrets_per_minute = 3\n")
+        .build()
+        .await
+        .unwrap();
+    let app = isr
+        .layer()
+        .client_ip(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+        .layer(Router::new());
+    let from = |ip: &str, secret: &str| {
+        let mut req = Request::post("/_isr/revalidate")
+            .header("authorization", format!("Bearer {secret}"))
+            .body(axum::body::Body::from(r#"{"tag": "t"}"#))
+            .unwrap();
+        let addr: SocketAddr = format!("{ip}:4000").parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(addr));
+        req
+    };
+    for _ in 0..3 {
+        assert_eq!(send(&app, from("10.0.0.1", "guess")).await.status, 401);
+    }
+    // That address is now refused, even with the right secret; another one is not.
+    assert_eq!(send(&app, from("10.0.0.1", "s3cret")).await.status, 429);
+    assert_eq!(send(&app, from("10.0.0.2", "s3cret")).await.status, 200);
+}
