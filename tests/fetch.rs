@@ -138,6 +138,26 @@ async fn only_the_origin_may_call_it() {
     .unwrap();
     assert_eq!(private.status, 200, "{}", private.text());
     assert_eq!(upstream.count("/data"), 1);
+    // Bad input is a 400 that says what is wrong, and fetches nothing.
+    let bad = fetch(&isr, &url, &[("x-isr-revalidate", "fortnightly")]).await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(
+        bad.text().contains("[cache_life.fortnightly]"),
+        "{}",
+        bad.text()
+    );
+    let missing = isr
+        .request(
+            "GET",
+            "/_isr/fetch",
+            &[("authorization", &format!("Bearer {SECRET}"))],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 400);
+    assert!(missing.text().contains("?url="), "{}", missing.text());
+    assert_eq!(upstream.count("/data"), 1);
 }
 
 #[tokio::test]
