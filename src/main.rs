@@ -170,6 +170,22 @@ fn check(config: Option<PathBuf>) -> ExitCode {
                     c.purge_on_regenerate
                 );
             }
+            for (name, l) in &cfg.cache_life {
+                let revalidate = l
+                    .revalidate
+                    .map_or("false".to_string(), |ms| format!("{}s", ms as f64 / 1000.0));
+                println!(
+                    "life    {name:<30} stale={}s revalidate={revalidate} expire={}s",
+                    l.stale as f64 / 1000.0,
+                    l.expire as f64 / 1000.0
+                );
+            }
+            if !cfg.fetch_allow.is_empty() {
+                println!(
+                    "fetch   /_isr/fetch may fetch {}",
+                    cfg.fetch_allow.join(", ")
+                );
+            }
             if let Err(e) = isr::cdn::check_env(&cfg, |v| std::env::var(v).ok()) {
                 println!("warning: {e}: isr serve will refuse to start without it");
             }

@@ -1187,6 +1187,30 @@ revalidate = false
     }
 
     #[test]
+    fn data_cache_profiles_and_the_fetch_allow_list() {
+        let c = cfg("origin = \"http://127.0.0.1:3000\"\n[cache_life.editorial]\nrevalidate = \"2m\"\n[fetch]\nallow = [\"API.example.com\", \"localhost:8080\"]\n").unwrap();
+        let l = c.cache_life["editorial"];
+        assert_eq!(
+            (l.revalidate, l.expire),
+            (Some(120_000), crate::data::CacheLife::DEFAULT.expire)
+        );
+        assert_eq!(c.fetch_allow, ["api.example.com", "localhost:8080"]);
+        let e = cfg("origin = \"http://127.0.0.1:3000\"\n[cache_life.x]\nrevalidate = \"2h\"\nexpire = \"1h\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "expire"), "{e}");
+        for bad in [
+            "https://api.example.com",
+            "api.example.com/x",
+            "user@api.example.com",
+            "",
+        ] {
+            let text =
+                format!("origin = \"http://127.0.0.1:3000\"\n[fetch]\nallow = [\"{bad}\"]\n");
+            let e = cfg(&text).unwrap_err();
+            assert_eq!(e.key, "allow", "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = cfg("origin = \"http://127.0.0.1:3000\"\n[cache]\nrevalidat = 5\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "revalidat"), "{e}");
