@@ -128,14 +128,6 @@ pub enum DataError {
     /// `life` names a profile that neither the config nor Next.js defines.
     #[error("unknown cache life profile `{0}` (built in: default, seconds, minutes, hours, days, weeks, max; or define [cache_life.{0}])")]
     UnknownProfile(String),
-    /// The value could not be turned into JSON.
-    #[error("cannot serialise the value of {key}: {message}")]
-    Serialize {
-        /// The data key.
-        key: String,
-        /// What serde said.
-        message: String,
-    },
 }
 
 /// A value as it is stored: status, headers and body (JSON for typed values, the
