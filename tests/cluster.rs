@@ -367,3 +367,59 @@ async fn data_cache_values_are_fetched_once_across_nodes_and_revalidated_on_ever
         "node a reads b's new value"
     );
 }
+
+#[tokio::test]
+async fn pages_through_the_layer_are_rendered_once_across_nodes() {
+    use axum::{routing::get, Router};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Layer, ServiceExt};
+    let redis = Redis::start();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let url = redis.url();
+    let node = || {
+        let (renders, url) = (renders.clone(), url.clone());
+        async move {
+            let isr = isr::layer::Isr::builder()
+                .redis(&url)
+                .route(
+                    isr::layer::Route::new("/news")
+                        .revalidate(60)
+                        .tags(["news"]),
+                )
+                .build()
+                .await
+                .unwrap();
+            let router = Router::new().route(
+                "/news",
+                get(move || async move {
+                    renders.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "<h1>News</h1>"
+                }),
+            );
+            let app = isr.layer().layer(router);
+            (isr, app)
+        }
+    };
+    let ((a, app_a), (_b, app_b)) = (node().await, node().await);
+    let get = |app: &isr::layer::IsrService<Router>| {
+        let app = app.clone();
+        async move {
+            let req = http::Request::get("/news")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = app.oneshot(req).await.unwrap();
+            res.headers()["x-isr-cache"].to_str().unwrap().to_string()
+        }
+    };
+    // Both nodes miss at once: one render between them.
+    let (x, y) = tokio::join!(get(&app_a), get(&app_b));
+    assert_eq!(renders.load(Ordering::SeqCst), 1, "{x} {y}");
+    assert_eq!(get(&app_b).await, "HIT");
+    // A revalidation on one node reaches the other.
+    a.revalidate_tag("news").await.unwrap();
+    eventually("node b sees the revalidation", async || {
+        get(&app_b).await == "STALE"
+    })
+    .await;
+}
