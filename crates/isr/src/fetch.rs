@@ -225,19 +225,8 @@ impl Fetcher {
         let mut req = Request::get(uri.clone())
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let h = req.headers_mut();
-        h.insert(
-            header::HOST,
-            HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
-        );
-        h.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("isr/", env!("CARGO_PKG_VERSION"))),
-        );
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        let host = HeaderValue::from_str(&host).map_err(|e| e.to_string())?;
+        crate::origin::cache_fetch_headers(req.headers_mut(), host);
         let client = self
             .client
             .get_or_init(|| crate::origin::https_client(self.connect_timeout));

@@ -49,7 +49,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use tower_service::Service;
@@ -528,16 +528,7 @@ where
         let mut req = Request::get(key)
             .body(body::boxed(http_body_util::Empty::<Bytes>::new()))
             .map_err(app_error)?;
-        let h = req.headers_mut();
-        h.insert(header::HOST, self.host.clone());
-        h.insert(
-            header::USER_AGENT,
-            HeaderValue::from_static(concat!("isr/", env!("CARGO_PKG_VERSION"))),
-        );
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        crate::origin::cache_fetch_headers(req.headers_mut(), self.host.clone());
         if let (Some(front), Some(engine)) = (self.isr.0.upgrade(), self.isr.1.upgrade()) {
             req.extensions_mut().insert(Isr { front, engine });
         }

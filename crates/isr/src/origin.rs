@@ -97,6 +97,21 @@ pub trait Source: Send + Sync + 'static {
     fn name(&self) -> &str;
 }
 
+/// The headers of every fetch isr makes for a cache (pages from the origin or the app,
+/// `/_isr/fetch` upstreams): `Host`, the fixed `User-Agent: isr/<version>` and
+/// `Accept-Encoding: identity`. Nothing of a visitor's request.
+pub(crate) fn cache_fetch_headers(h: &mut HeaderMap, host: HeaderValue) {
+    h.insert(header::HOST, host);
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("isr/", env!("CARGO_PKG_VERSION"))),
+    );
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+}
+
 /// A client for `http://` and `https://` URLs elsewhere (CDN APIs, `/_isr/fetch`
 /// upstreams), with the web's root certificates.
 pub(crate) fn https_client<B>(
@@ -179,7 +194,6 @@ pub struct Origin {
     base: String,
     host: HeaderValue,
     forwarded: Option<(HeaderValue, HeaderValue)>,
-    user_agent: HeaderValue,
     timeout: Duration,
     max_body: u64,
 }
@@ -238,8 +252,6 @@ impl Origin {
             base,
             host: HeaderValue::from_str(&cfg.origin_host).expect("validated in config"),
             forwarded,
-            user_agent: HeaderValue::from_str(&format!("isr/{}", env!("CARGO_PKG_VERSION")))
-                .expect("static"),
             timeout: cfg.cache.origin_timeout,
             max_body: cfg.cache.max_body,
         }
@@ -289,12 +301,7 @@ impl Origin {
             .body(Empty::new())
             .map_err(|e| self.invalid(e))?;
         let h = req.headers_mut();
-        h.insert(header::HOST, self.host.clone());
-        h.insert(header::USER_AGENT, self.user_agent.clone());
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        cache_fetch_headers(h, self.host.clone());
         if let Some((proto, host)) = &self.forwarded {
             h.insert("x-forwarded-proto", proto.clone());
             h.insert("x-forwarded-host", host.clone());

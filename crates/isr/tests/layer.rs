@@ -448,6 +448,7 @@ async fn a_failed_data_fetch_keeps_the_last_good_value_and_backs_off() {
         }
     };
     let life = Duration::from_secs(10);
+    let read_failing = || data.get_or_fetch::<String, _, _, _>("feed", &[], life, failing(&calls));
     assert_eq!(
         data.get_or_fetch("feed", &[], life, counted(&calls, "good"))
             .await
@@ -455,30 +456,15 @@ async fn a_failed_data_fetch_keeps_the_last_good_value_and_backs_off() {
         "good"
     );
     tokio::time::sleep(Duration::from_secs(11)).await;
-    assert_eq!(
-        data.get_or_fetch("feed", &[], life, failing(&calls))
-            .await
-            .unwrap(),
-        "good"
-    );
+    assert_eq!(read_failing().await.unwrap(), "good");
     settle(&calls, 2).await;
     // Backing off (3 s after the first failure): no new fetch, the good value again.
     for _ in 0..3 {
-        assert_eq!(
-            data.get_or_fetch("feed", &[], life, failing(&calls))
-                .await
-                .unwrap(),
-            "good"
-        );
+        assert_eq!(read_failing().await.unwrap(), "good");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        data.get_or_fetch("feed", &[], life, failing(&calls))
-            .await
-            .unwrap(),
-        "good"
-    );
+    assert_eq!(read_failing().await.unwrap(), "good");
     settle(&calls, 3).await;
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
