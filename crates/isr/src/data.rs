@@ -24,7 +24,6 @@ use crate::config::Window;
 use crate::engine::Engine;
 use crate::entry::{Entry, Meta};
 use crate::policy::Freshness;
-use crate::store::Lease;
 
 const SECOND: u64 = 1000;
 const MINUTE: u64 = 60 * SECOND;
@@ -402,24 +401,9 @@ async fn produce(
     fetch: Fetch,
     has_copy: bool,
 ) -> FlightResult {
-    let _lease = match engine.store().lease(skey).await {
-        Ok(Lease::Elsewhere) => {
-            let _ = engine
-                .store()
-                .wait_for_lease(skey, engine.config().cache.origin_timeout)
-                .await;
-            if let Some(e) = engine.fresh_in_store(skey).await {
-                return Ok(e);
-            }
-            None
-        }
-        Ok(Lease::Held(guard)) => {
-            if let Some(e) = engine.fresh_in_store(skey).await {
-                return Ok(e);
-            }
-            Some(guard)
-        }
-        Ok(Lease::Local) | Err(_) => None,
+    let _lease = match engine.take_turn(skey).await {
+        crate::engine::Turn::Newer(e) => return Ok(e),
+        crate::engine::Turn::Go { lease, .. } => lease,
     };
     let generated = engine.generation_stamp();
     let timeout = engine.config().cache.origin_timeout;

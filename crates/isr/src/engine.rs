@@ -236,6 +236,18 @@ impl Quiet {
     }
 }
 
+/// What [`Engine::take_turn`] found.
+pub(crate) enum Turn {
+    /// Another node stored a fresh entry meanwhile: use it.
+    Newer(Arc<Entry>),
+    /// Fetch it. `lease` is held until the fetch is stored; `waited`: another node held
+    /// the lease, and gave up or failed.
+    Go {
+        lease: Option<crate::store::LeaseGuard>,
+        waited: bool,
+    },
+}
+
 /// The stored pages a revalidation touches.
 #[derive(Default)]
 struct Affected {
@@ -806,31 +818,48 @@ impl Engine {
     /// work just ends (the page stays stale until a later request). A store that cannot
     /// be reached never blocks a fetch: single-flight is then per node.
     async fn produce_once(&self, key: &str, copy: Option<Window>, background: bool) -> Outcome {
-        let _lease = match self.store.lease(key).await {
+        let _lease = match self.take_turn(key).await {
+            Turn::Newer(e) => return Outcome::Stored(e),
+            Turn::Go { waited: true, .. } if background => return self.abandoned(),
+            Turn::Go { lease, .. } => lease,
+        };
+        self.produce(key, copy).await
+    }
+
+    /// Takes this node's turn to fetch `key` through the store's lease (pages and data
+    /// cache values alike): the entry another node stored meanwhile, or the go-ahead,
+    /// holding the lease when this node got it.
+    pub(crate) async fn take_turn(&self, key: &str) -> Turn {
+        match self.store.lease(key).await {
             Ok(Lease::Elsewhere) => {
                 let _ = self
                     .store
                     .wait_for_lease(key, self.cfg.cache.origin_timeout)
                     .await;
-                if let Some(e) = self.fresh_in_store(key).await {
-                    return Outcome::Stored(e);
+                match self.fresh_in_store(key).await {
+                    Some(e) => Turn::Newer(e),
+                    None => Turn::Go {
+                        lease: None,
+                        waited: true,
+                    },
                 }
-                if background {
-                    return self.abandoned();
-                }
-                None
             }
             Ok(Lease::Held(guard)) => {
                 // Another node may have finished this page just before the lease was
                 // free, and its announcement not reached this node yet.
-                if let Some(e) = self.fresh_in_store(key).await {
-                    return Outcome::Stored(e);
+                match self.fresh_in_store(key).await {
+                    Some(e) => Turn::Newer(e),
+                    None => Turn::Go {
+                        lease: Some(guard),
+                        waited: false,
+                    },
                 }
-                Some(guard)
             }
-            Ok(Lease::Local) | Err(_) => None,
-        };
-        self.produce(key, copy).await
+            Ok(Lease::Local) | Err(_) => Turn::Go {
+                lease: None,
+                waited: false,
+            },
+        }
     }
 
     /// The stored page for `key` if it is fresh now and not yet due for an early refresh
