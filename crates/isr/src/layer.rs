@@ -333,11 +333,21 @@ impl IsrBuilder {
         for (name, life) in self.cache_life {
             cfg.cache_life.insert(name, life);
         }
-        let store: Arc<dyn store::Store> = match (&self.store, &cfg.redis) {
-            (_, Some(r)) => Arc::new(store::RedisStore::connect(&r.url, &r.prefix)?),
-            (StoreChoice::Redis(url), None) => Arc::new(store::RedisStore::connect(url, "isr")?),
-            (StoreChoice::Memory, None) => Arc::new(store::MemoryStore::default()),
-            (StoreChoice::Dir(d), None) => Arc::new(store::RedbStore::open(d)?),
+        // A `[redis]` table in the config text wins over the builder's choice.
+        let store: Arc<dyn store::Store> = match (self.store, cfg.redis.is_some()) {
+            (StoreChoice::Memory, false) => Arc::new(store::MemoryStore::default()),
+            (StoreChoice::Redis(url), false) => {
+                cfg.redis = Some(config::RedisConfig {
+                    url,
+                    prefix: "isr".into(),
+                });
+                store::open(&cfg)?
+            }
+            (StoreChoice::Dir(d), false) => {
+                cfg.data_dir = d;
+                store::open(&cfg)?
+            }
+            (_, true) => store::open(&cfg)?,
         };
         let secrets = match &self.secret {
             Some(s) => crate::Secrets::parse(s),

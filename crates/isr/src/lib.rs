@@ -98,21 +98,13 @@ pub enum StartError {
     },
 }
 
-/// The store `cfg` names: Redis when `[redis]` is set, else the embedded store.
-fn open_store(cfg: &Config) -> Result<Arc<dyn store::Store>, StartError> {
-    Ok(match &cfg.redis {
-        Some(r) => Arc::new(store::RedisStore::connect(&r.url, &r.prefix)?),
-        None => Arc::new(store::RedbStore::open(&cfg.data_dir)?),
-    })
-}
-
 /// Runs the `[prebuild]` once against the configured store and returns what it did
 /// (`isr prebuild`); `progress(done, total)` is called after each page.
 pub async fn prebuild_once(
     cfg: Config,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<prebuild::Report, StartError> {
-    let engine = Engine::new(cfg.clone(), open_store(&cfg)?).await?;
+    let engine = Engine::new(cfg.clone(), store::open(&cfg)?).await?;
     Ok(prebuild::run(&engine, progress).await)
 }
 
@@ -128,7 +120,7 @@ impl Server {
     /// `cfg.data_dir`) and binds `cfg.listen`.
     pub async fn bind(cfg: Config, secrets: Secrets) -> Result<Server, StartError> {
         cdn::check_env(&cfg, |v| std::env::var(v).ok()).map_err(StartError::Cdn)?;
-        let store = open_store(&cfg)?;
+        let store = store::open(&cfg)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| StartError::Listen {

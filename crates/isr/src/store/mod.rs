@@ -35,6 +35,15 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// The store `cfg` names: Redis when `[redis]` is set, else the embedded store in
+/// `data_dir`.
+pub fn open(cfg: &crate::Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &cfg.redis {
+        Some(r) => Arc::new(RedisStore::connect(&r.url, &r.prefix)?),
+        None => Arc::new(RedbStore::open(&cfg.data_dir)?),
+    })
+}
+
 /// Where a [`Store::list`] page starts: just after the cursor `after` when it is inside
 /// the prefix's range, else at the prefix itself.
 pub fn list_start<'a>(prefix: &'a str, after: Option<&'a str>) -> std::ops::Bound<&'a str> {
