@@ -495,13 +495,9 @@ impl Front {
             (&Method::POST, "/_isr/admin/logout" | "/_isr/admin/revalidate") => {
                 self.admin_post(req, peer).await
             }
-            (_, other) => json(
+            (_, other) => json_error(
                 StatusCode::NOT_FOUND,
-                &ApiError {
-                    status: StatusCode::NOT_FOUND,
-                    message: format!("no such isr endpoint: {other}"),
-                }
-                .body(),
+                &format!("no such isr endpoint: {other}"),
             ),
         }
     }
@@ -784,14 +780,7 @@ fn redirect(to: &str) -> Response<Body> {
 }
 
 fn unauthorized(message: &str) -> Response<Body> {
-    let mut res = json(
-        StatusCode::UNAUTHORIZED,
-        &ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            message: message.into(),
-        }
-        .body(),
-    );
+    let mut res = json_error(StatusCode::UNAUTHORIZED, message);
     res.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     res
