@@ -1013,7 +1013,10 @@ impl Engine {
             ms = started.elapsed().as_millis() as u64,
             "page generated"
         );
-        let entry = self.store_entry(key, entry, same_bodies).await;
+        let (entry, ours) = self.store_entry(key, entry, same_bodies).await;
+        if !ours {
+            return Outcome::Stored(entry);
+        }
         self.schedule_refresh(key, &entry.meta);
         if copy.is_some() && !same_bodies && self.cdn.purges_on_regenerate() {
             self.cdn.purge_path(key, true);
@@ -1022,13 +1025,14 @@ impl Engine {
     }
 
     /// Stores a freshly fetched entry (keeping it in memory even if the store fails)
-    /// and returns what to serve: it, or a newer one stored meanwhile.
+    /// and returns what to serve: it, with `true`; or, with `false`, a newer one that
+    /// was stored meanwhile.
     pub(crate) async fn store_entry(
         &self,
         key: &str,
         entry: Arc<Entry>,
         same_bodies: bool,
-    ) -> Arc<Entry> {
+    ) -> (Arc<Entry>, bool) {
         self.backoff
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1045,7 +1049,7 @@ impl Engine {
                 if let Ok(Some(newer)) = self.store.get(key).await {
                     let newer = Arc::new(newer);
                     self.hot.insert(key, newer.clone());
-                    return newer;
+                    return (newer, false);
                 }
             }
             Err(StoreError::Unavailable(_)) => {}
@@ -1057,7 +1061,7 @@ impl Engine {
             }
         }
         self.hot.insert(key, entry.clone());
-        entry
+        (entry, true)
     }
 
     /// The generation stamp for a fetch starting now: above every revalidation mark
