@@ -6,7 +6,7 @@ change can be measured on this noisy machine without comparing runs of different
 
 Same set-up as bench/run.py (origin, 16 KiB pages, isr pinned to CPU 0, wrk -t1 -c64 on
 CPU 1): the hot URL and the spread over 1,000 URLs. Prints medians of rps and hits per
-server CPU-second, and new/old ratios.
+server CPU-second, p99 latency, and new/old ratios.
 """
 
 import argparse
@@ -53,18 +53,20 @@ def main():
                 for name in ("old", "new") if rep % 2 == 0 else ("new", "old"):
                     r = run.wrk(name, sc, args.duration, s.procs[name].pid)
                     results[(name, sc)].append(r)
-                    print(f"rep {rep} {sc:11} {name}  {r['rps']:9.0f} rps  {r['hits_per_cpu_s']:9.0f} per CPU-s",
-                          flush=True)
+                    print(f"rep {rep} {sc:11} {name}  {r['rps']:9.0f} rps  {r['hits_per_cpu_s']:9.0f} per CPU-s"
+                          f"  p99 {r['p99_ms']} ms", flush=True)
     finally:
         s.stop_all()
     print(f"\nCommand: `python3 bench/ab.py OLD NEW --reps {args.reps} --duration {args.duration}`\n")
-    print("| scenario | old rps | new rps | new/old | old per CPU-s | new per CPU-s | new/old |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| scenario | old rps | new rps | new/old | old per CPU-s | new per CPU-s | new/old "
+          "| old p99 ms | new p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sc in ("hot-16k", "spread-16k"):
-        med = {n: (statistics.median(r["rps"] for r in results[(n, sc)]),
-                   statistics.median(r["hits_per_cpu_s"] for r in results[(n, sc)])) for n in PORTS}
-        (orps, ocpu), (nrps, ncpu) = med["old"], med["new"]
-        print(f"| {sc} | {orps:,.0f} | {nrps:,.0f} | {nrps / orps:.2f} | {ocpu:,.0f} | {ncpu:,.0f} | {ncpu / ocpu:.2f} |")
+        med = {n: [statistics.median(r[k] for r in results[(n, sc)]) for k in ("rps", "hits_per_cpu_s", "p99_ms")]
+               for n in PORTS}
+        (orps, ocpu, op99), (nrps, ncpu, np99) = med["old"], med["new"]
+        print(f"| {sc} | {orps:,.0f} | {nrps:,.0f} | {nrps / orps:.2f} | {ocpu:,.0f} | {ncpu:,.0f} | {ncpu / ocpu:.2f} "
+              f"| {op99:.2f} | {np99:.2f} |")
 
 
 if __name__ == "__main__":

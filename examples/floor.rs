@@ -1,6 +1,6 @@
 //! The floor of any hit path on this machine: a hand-written HTTP/1.1 loop with no
 //! parsing beyond finding the end of each request, answering every request with the same
-//! 16 KiB page, either copied from memory (`copy`) or sent from a memfd with `sendfile`
+//! page (16 KiB, or `FLOOR_SIZE` bytes), either copied from memory (`copy`) or sent from a memfd with `sendfile`
 //! (`sendfile`, zero-copy: what nginx static does). Comparing both with nginx static and
 //! isr shows what a specialised zero-copy writer could win, before anyone writes one.
 //!
@@ -12,8 +12,6 @@ use std::os::fd::AsFd;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-
-const SIZE: usize = 16 * 1024;
 
 fn main() {
     // FLOOR_RUNTIME=multi: the multi-thread scheduler isr runs on (one worker when pinned).
@@ -34,10 +32,12 @@ async fn run() {
         "sendfile" => true,
         other => panic!("mode must be copy or sendfile, not {other}"),
     };
+    let size: usize =
+        std::env::var("FLOOR_SIZE").map_or(16 * 1024, |s| s.parse().expect("FLOOR_SIZE"));
     let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {SIZE}\r\nx-isr-cache: HIT\r\ncache-control: s-maxage=60\r\n\r\n"
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {size}\r\nx-isr-cache: HIT\r\ncache-control: s-maxage=60\r\n\r\n"
     );
-    let body = vec![b'x'; SIZE];
+    let body = vec![b'x'; size];
     let memfd = rustix::fs::memfd_create("page", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
     std::fs::File::from(memfd.try_clone().expect("dup"))
         .write_all(&body)
@@ -55,7 +55,7 @@ async fn run() {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let _ = serve(stream, zero_copy, head, whole, memfd).await;
+            let _ = serve(stream, zero_copy.then_some(size), head, whole, memfd).await;
         });
     }
 }
@@ -63,7 +63,7 @@ async fn run() {
 /// Reads requests and answers each one, until the peer closes.
 async fn serve(
     mut stream: TcpStream,
-    zero_copy: bool,
+    zero_copy: Option<usize>,
     head: &[u8],
     whole: &[u8],
     memfd: &std::os::fd::OwnedFd,
@@ -77,8 +77,8 @@ async fn serve(
         let mut start = 0;
         while let Some(end) = find_end(&buf[start..]) {
             start += end;
-            if zero_copy {
-                send_zero_copy(&mut stream, head, memfd).await?;
+            if let Some(size) = zero_copy {
+                send_zero_copy(&mut stream, head, memfd, size).await?;
             } else {
                 stream.write_all(whole).await?;
             }
@@ -96,6 +96,7 @@ async fn send_zero_copy(
     stream: &mut TcpStream,
     head: &[u8],
     memfd: &std::os::fd::OwnedFd,
+    size: usize,
 ) -> std::io::Result<()> {
     let mut sent = 0;
     while sent < head.len() {
@@ -110,9 +111,9 @@ async fn send_zero_copy(
         }
     }
     let mut offset = 0u64;
-    while (offset as usize) < SIZE {
+    while (offset as usize) < size {
         stream.writable().await?;
-        let left = SIZE - offset as usize;
+        let left = size - offset as usize;
         match stream.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(stream.as_fd(), memfd, Some(&mut offset), left)
                 .map_err(std::io::Error::from)
