@@ -2,10 +2,11 @@
 """A/B of two isr binaries on the hit path, interleaved in one run (a b a b …), so a
 change can be measured on this noisy machine without comparing runs of different days.
 
-    python3 bench/ab.py OLD_BINARY NEW_BINARY [--reps 5] [--duration 5]
+    python3 bench/ab.py OLD_BINARY NEW_BINARY [--reps 5] [--duration 5] [--scenarios hot-16k,spread-16k]
 
 Same set-up as bench/run.py (origin, 16 KiB pages, isr pinned to CPU 0, wrk -t1 -c64 on
-CPU 1): the hot URL and the spread over 1,000 URLs. Prints medians of rps and hits per
+CPU 1): by default the hot URL and the spread over 1,000 URLs, 16 KiB (add hot-128k,
+spread-128k for the large pages). Prints medians of rps and hits per
 server CPU-second, p99 latency, and new/old ratios.
 """
 
@@ -27,11 +28,13 @@ def main():
     ap.add_argument("new")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--scenarios", default="hot-16k,spread-16k")
     args = ap.parse_args()
+    scenarios = args.scenarios.split(",")
     run.sh("cargo build --release -q --example bench_origin", cwd=run.ROOT)
     work = tempfile.mkdtemp(prefix="isr-ab-")
     s = run.Servers(work)
-    results = {(n, sc): [] for n in PORTS for sc in ("hot-16k", "spread-16k")}
+    results = {(n, sc): [] for n in PORTS for sc in scenarios}
     try:
         s.start("origin", [os.path.join(run.ROOT, "target/release/examples/bench_origin"), "serve", run.ORIGIN],
                 cpu="1")
@@ -42,14 +45,16 @@ def main():
             config = os.path.join(d, "isr.toml")
             with open(config, "w") as f:
                 f.write(f'listen = "127.0.0.1:{PORTS[name]}"\norigin = "http://{run.ORIGIN}"\n'
-                        f'data_dir = "{d}/data"\n[[route]]\nmatch = "/page/{{n}}"\nrevalidate = 60\n')
+                        f'data_dir = "{d}/data"\n[[route]]\nmatch = "/page/{{n}}"\nrevalidate = 60\n'
+                        f'[[route]]\nmatch = "/big/{{n}}"\nrevalidate = 60\n')
             s.start(name, [binary, "serve", "--config", config], env={"ISR_SECRET": "x", "ISR_LOG": "warn"})
             run.wait_up(f"http://127.0.0.1:{PORTS[name]}/_isr/health")
-            for i in range(run.PAGES):
-                run.get(f"http://127.0.0.1:{PORTS[name]}/page/{i}")
+            for prefix in {"/big/" if sc.endswith("128k") else "/page/" for sc in scenarios}:
+                for i in range(run.PAGES):
+                    run.get(f"http://127.0.0.1:{PORTS[name]}{prefix}{i}")
         run.PORTS.update(PORTS)
         for rep in range(args.reps):
-            for sc in ("hot-16k", "spread-16k"):
+            for sc in scenarios:
                 for name in ("old", "new") if rep % 2 == 0 else ("new", "old"):
                     r = run.wrk(name, sc, args.duration, s.procs[name].pid)
                     results[(name, sc)].append(r)
@@ -57,11 +62,12 @@ def main():
                           f"  p99 {r['p99_ms']} ms", flush=True)
     finally:
         s.stop_all()
-    print(f"\nCommand: `python3 bench/ab.py OLD NEW --reps {args.reps} --duration {args.duration}`\n")
+    print(f"\nCommand: `python3 bench/ab.py OLD NEW --reps {args.reps} --duration {args.duration} "
+          f"--scenarios {args.scenarios}`\n")
     print("| scenario | old rps | new rps | new/old | old per CPU-s | new per CPU-s | new/old "
           "| old p99 ms | new p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for sc in ("hot-16k", "spread-16k"):
+    for sc in scenarios:
         med = {n: [statistics.median(r[k] for r in results[(n, sc)]) for k in ("rps", "hits_per_cpu_s", "p99_ms")]
                for n in PORTS}
         (orps, ocpu, op99), (nrps, ncpu, np99) = med["old"], med["new"]

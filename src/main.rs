@@ -260,6 +260,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     let secrets = isr::Secrets::parse(&std::env::var(&cfg.secret_env).unwrap_or_default());
+    raise_open_file_limit();
     runtime().block_on(async move {
         let server = match isr::Server::bind(cfg.clone(), secrets).await {
             Ok(s) => s,
@@ -276,6 +277,24 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!("isr stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Raises the soft limit on open files to the hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: each connection and each page file (a large
+/// body in the memory tier) takes a descriptor, and the usual soft default of 1,024 is
+/// far below `[limits] max_connections`. Left as it is when that fails.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
+        if soft >= hard {
+            return;
+        }
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -59,14 +59,14 @@ async fn redis_store_keeps_entries_tags_marks_and_the_newer_generation() {
         .await
         .unwrap());
     let got = store.get("/a").await.unwrap().unwrap();
-    assert_eq!(got.identity, "one");
-    assert_eq!(got.br.as_deref(), Some(&b"br:one"[..]));
-    assert_eq!(got.gzip, None);
+    assert_eq!(got.identity(), "one");
+    assert_eq!(got.br().as_deref(), Some(&b"br:one"[..]));
+    assert_eq!(got.gzip(), None);
     assert_eq!(got.meta.tags, ["x", "y"]);
     // An older fetch never replaces a newer page; a newer one moves the tag index.
     assert!(!store.put("/a", entry(99, "old", &["x"])).await.unwrap());
     assert!(store.put("/a", entry(101, "two", &["y"])).await.unwrap());
-    assert_eq!(store.get("/a").await.unwrap().unwrap().identity, "two");
+    assert_eq!(store.get("/a").await.unwrap().unwrap().identity(), "two");
     assert!(store.keys_with_tag("x").await.unwrap().is_empty());
     assert_eq!(store.keys_with_tag("y").await.unwrap(), ["/a"]);
     store.put("/a/b?q=1", entry(5, "deep", &[])).await.unwrap();

@@ -1138,6 +1138,124 @@ async fn one_connection_serves_hits_then_a_miss_then_hits_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn large_pages_are_sent_whole_from_page_files_to_fast_and_slow_readers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    // 256 KiB of pseudo-random hex: its Brotli and gzip variants are large too, so all
+    // three bodies go to page files.
+    let mut x = 7u64;
+    let big: String = (0..256 * 1024)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b"0123456789abcdef"[(x >> 60) as usize])
+        })
+        .collect();
+    origin.set(
+        "/blog/big",
+        Spec {
+            body: Some(big.clone()),
+            ..Default::default()
+        },
+    );
+    let isr = Isr::start_with(&origin, &common::CONFIG.replace("64KiB", "1MiB")).await;
+    assert_eq!(isr.get("/blog/big").await.unwrap().cache(), "MISS");
+    assert_eq!(isr.page_files(), 3, "identity, br and gzip in page files");
+
+    // Pipelined on one connection: identity, Brotli, identity (the hit lane), then an
+    // If-None-Match that does not match (hyper's path, which reads the page file).
+    let r = raw(
+        &isr,
+        "GET /blog/big HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/big HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\n\r\n\
+         GET /blog/big HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/big HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"other\"\r\n\r\n",
+        4,
+    )
+    .await;
+    for (i, (head, body)) in r.iter().enumerate() {
+        assert!(
+            head.starts_with("http/1.1 200 ok") && head.contains("x-isr-cache: hit"),
+            "{i}: {head}"
+        );
+        if i == 1 {
+            assert!(head.contains("content-encoding: br"));
+        } else {
+            assert!(
+                *body == big,
+                "response {i}: the body differs from the origin's"
+            );
+        }
+    }
+    // The Brotli body decodes to the page (read as bytes: it is not UTF-8).
+    let mut s = tokio::net::TcpStream::connect(isr.addr).await.unwrap();
+    s.write_all(b"GET /blog/big HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let body_at = loop {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&chunk[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        if got.len() >= end + 4 + len {
+            break end + 4;
+        }
+    };
+    let mut out = Vec::new();
+    brotli::BrotliDecompress(&mut &got[body_at..], &mut out).unwrap();
+    assert!(out == big.as_bytes(), "the Brotli body decodes to the page");
+
+    // A reader that lets 5 MiB of responses pile up before it reads: the socket buffers
+    // fill, sendfile stops part-way, and every body still arrives whole and in order.
+    let mut s = tokio::net::TcpStream::connect(isr.addr).await.unwrap();
+    s.write_all(
+        "GET /blog/big HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(20)
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = read_responses(&mut s, 20).await;
+    assert!(r
+        .iter()
+        .all(|(h, b)| h.contains("x-isr-cache: hit") && *b == big));
+    assert_eq!(origin.count("/blog/big"), 1);
+
+    // A new version replaces the old one, whose page files are closed.
+    let newer = big.replace('a', "b");
+    origin.set(
+        "/blog/big",
+        Spec {
+            body: Some(newer.clone()),
+            ..Default::default()
+        },
+    );
+    isr.revalidate(json!({"path": "/blog/big", "eager": true}))
+        .await;
+    eventually("the new version is served from page files", async || {
+        let r = isr.get("/blog/big").await.unwrap();
+        r.cache() == "HIT" && r.text() == newer && isr.page_files() == 3
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn hits_answer_head_requests_split_heads_and_conditional_requests() {
     use tokio::io::AsyncWriteExt;
     let origin = Origin::start().await;

@@ -51,7 +51,7 @@ async fn serve(e: &Arc<Engine>, key: &str) -> (&'static str, String) {
 }
 
 fn body(e: &isr::entry::Entry) -> String {
-    String::from_utf8_lossy(&e.identity)
+    String::from_utf8_lossy(&e.identity())
         .split_whitespace()
         .take(4)
         .collect::<Vec<_>>()

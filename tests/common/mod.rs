@@ -313,6 +313,15 @@ impl Isr {
         panic!("isr did not become healthy");
     }
 
+    /// Page files (sealed memfds holding large bodies) the process holds open now.
+    pub fn page_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .filter_map(|f| std::fs::read_link(f.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy().starts_with("/memfd:isr-page"))
+            .count()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

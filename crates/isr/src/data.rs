@@ -271,7 +271,7 @@ impl DataCache {
         };
         let skey = format!("data:{key}");
         let (entry, _) = self.get_raw(&skey, tags.clone(), life, raw(&slot)).await?;
-        let undecodable = match serde_json::from_slice(&entry.identity) {
+        let undecodable = match serde_json::from_slice(&entry.identity()) {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
@@ -280,7 +280,7 @@ impl DataCache {
             tracing::warn!(key, error = %undecodable, "the cached value does not fit its type any more; fetching it again");
             let rx = self.join_or_start(&skey, tags, life, raw(&slot), false);
             if let Ok(entry) = wait(rx).await {
-                if let Ok(v) = serde_json::from_slice(&entry.identity) {
+                if let Ok(v) = serde_json::from_slice(&entry.identity()) {
                     return Ok(v);
                 }
             }

@@ -2,11 +2,13 @@
 //! (identity, and Brotli and gzip variants made once when it was generated).
 
 use std::io::Write;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use crate::page_file::{self, PageFile};
 use crate::policy::Timing;
 
 /// A body encoding isr stores and serves.
@@ -95,17 +97,57 @@ impl Meta {
     }
 }
 
+/// One body variant: on the heap, or (large bodies in the memory tier) in a sealed
+/// memory file the hit lane sends with `sendfile`.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// In memory.
+    Memory(Bytes),
+    /// In a page file ([`crate::page_file`]).
+    File(Arc<PageFile>),
+}
+
+impl Body {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Memory(b) => b.len(),
+            Body::File(f) => f.len(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The body as bytes (a copy when it is in a page file).
+    pub fn bytes(&self) -> Bytes {
+        match self {
+            Body::Memory(b) => b.clone(),
+            Body::File(f) => f.read(),
+        }
+    }
+
+    /// This body in a page file, when it is large enough and a file can be made.
+    fn in_file(&self) -> Option<Body> {
+        match self {
+            Body::Memory(b) if b.len() >= page_file::MIN_BYTES => {
+                PageFile::holding(b).map(Body::File)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A page ready to serve: metadata, bodies and pre-built header values.
 #[derive(Debug)]
 pub struct Entry {
     /// Metadata.
     pub meta: Meta,
-    /// The body as the origin sent it.
-    pub identity: Bytes,
-    /// Brotli variant.
-    pub br: Option<Bytes>,
-    /// gzip variant.
-    pub gzip: Option<Bytes>,
+    identity: Body,
+    br: Option<Body>,
+    gzip: Option<Body>,
     /// `meta.headers`, parsed once.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     etags: [HeaderValue; 3],
@@ -135,21 +177,55 @@ impl Entry {
         });
         Entry {
             meta,
-            identity,
-            br,
-            gzip,
+            identity: Body::Memory(identity),
+            br: br.map(Body::Memory),
+            gzip: gzip.map(Body::Memory),
             headers,
             etags,
         }
     }
 
+    /// The body as the origin sent it.
+    pub fn identity(&self) -> Bytes {
+        self.identity.bytes()
+    }
+
+    /// The Brotli variant.
+    pub fn br(&self) -> Option<Bytes> {
+        self.br.as_ref().map(Body::bytes)
+    }
+
+    /// The gzip variant.
+    pub fn gzip(&self) -> Option<Bytes> {
+        self.gzip.as_ref().map(Body::bytes)
+    }
+
+    /// The same entry with its large bodies moved to page files, for the memory tier;
+    /// `None` when no body is large enough (or no file could be made).
+    pub fn in_page_files(&self) -> Option<Entry> {
+        let identity = self.identity.in_file();
+        let br = self.br.as_ref().and_then(Body::in_file);
+        let gzip = self.gzip.as_ref().and_then(Body::in_file);
+        if identity.is_none() && br.is_none() && gzip.is_none() {
+            return None;
+        }
+        Some(Entry {
+            meta: self.meta.clone(),
+            identity: identity.unwrap_or_else(|| self.identity.clone()),
+            br: br.or_else(|| self.br.clone()),
+            gzip: gzip.or_else(|| self.gzip.clone()),
+            headers: self.headers.clone(),
+            etags: self.etags.clone(),
+        })
+    }
+
     /// The body and encoding to send for an `Accept-Encoding` header.
-    pub fn body_for(&self, accept: Option<&HeaderValue>) -> (Encoding, &Bytes) {
+    pub fn body_for(&self, accept: Option<&HeaderValue>) -> (Encoding, &Body) {
         self.body_for_bytes(accept.map(HeaderValue::as_bytes))
     }
 
     /// [`Entry::body_for`] with the header's raw bytes.
-    pub fn body_for_bytes(&self, accept: Option<&[u8]>) -> (Encoding, &Bytes) {
+    pub fn body_for_bytes(&self, accept: Option<&[u8]>) -> (Encoding, &Body) {
         let accepted = |name| accept.is_some_and(|a| accepts(a, name));
         match (&self.br, &self.gzip) {
             (Some(b), _) if accepted("br") => (Encoding::Br, b),
@@ -173,8 +249,8 @@ impl Entry {
     /// 1.5 KiB per entry with a million 16 KiB pages (BENCHMARKS.md).
     pub fn weight(&self) -> u64 {
         let bodies = self.identity.len()
-            + self.br.as_ref().map_or(0, Bytes::len)
-            + self.gzip.as_ref().map_or(0, Bytes::len);
+            + self.br.as_ref().map_or(0, Body::len)
+            + self.gzip.as_ref().map_or(0, Body::len);
         let headers: usize = self
             .meta
             .headers
@@ -327,12 +403,12 @@ mod tests {
         let text = "<p>hello</p>".repeat(100);
         let e = entry(&text);
         let mut out = String::new();
-        flate2::read::GzDecoder::new(&e.gzip.as_ref().unwrap()[..])
+        flate2::read::GzDecoder::new(&e.gzip().unwrap()[..])
             .read_to_string(&mut out)
             .unwrap();
         assert_eq!(out, text);
         let mut out = Vec::new();
-        brotli::BrotliDecompress(&mut &e.br.as_ref().unwrap()[..], &mut out).unwrap();
+        brotli::BrotliDecompress(&mut &e.br().unwrap()[..], &mut out).unwrap();
         assert_eq!(out, text.as_bytes());
     }
 

@@ -187,7 +187,7 @@ impl Fetcher {
             .await
             .map_err(|e| Refused(StatusCode::BAD_GATEWAY, e.to_string()))?;
         let now = engine.now();
-        let mut res = Response::new(Body::full(entry.identity.clone()));
+        let mut res = Response::new(Body::full(entry.identity()));
         *res.status_mut() = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
         let h = res.headers_mut();
         for (n, v) in &entry.headers {

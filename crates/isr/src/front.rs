@@ -408,7 +408,7 @@ impl Front {
             h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
         if !not_modified && req.method() != Method::HEAD && status != StatusCode::NO_CONTENT {
-            *res.body_mut() = Body::Full(Some(body.clone()));
+            *res.body_mut() = Body::Full(Some(body.bytes()));
         }
         res
     }

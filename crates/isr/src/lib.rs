@@ -23,7 +23,8 @@
 //! - [`store`]: the `Store` trait and its adapters ([`store::RedbStore`], durable and
 //!   crash-safe; [`store::RedisStore`], shared by several nodes, which also hands out
 //!   per-page regeneration leases and carries revalidations to every node;
-//!   [`store::MemoryStore`]) and the byte-bounded [`store::HotTier`].
+//!   [`store::MemoryStore`]) and the byte-bounded [`store::HotTier`], which keeps large
+//!   bodies in sealed memory files ([`page_file`]) that the hit lane sends with `sendfile`.
 //! - [`origin`]: the HTTP client side: fetching pages with requests that never carry
 //!   visitor data, proxying bypassed requests, and turning responses into
 //!   [`entry::Entry`] values with Brotli and gzip variants.
@@ -65,6 +66,7 @@ pub mod key;
 pub mod layer;
 pub mod metrics;
 pub mod origin;
+pub mod page_file;
 pub mod policy;
 pub mod prebuild;
 pub mod route;

@@ -556,7 +556,7 @@ fn header<'a>(e: &'a Entry, name: &str) -> Option<&'a str> {
 /// entry's compressed variants are reused instead of compressing again.
 pub fn reuse_variants(new: &Entry, previous: &Entry) -> Option<Entry> {
     let same = new.meta.hash == previous.meta.hash
-        && new.identity == previous.identity
+        && new.identity() == previous.identity()
         && ["content-type", "content-encoding"]
             .iter()
             .all(|h| header(new, h) == header(previous, h));
@@ -564,14 +564,10 @@ pub fn reuse_variants(new: &Entry, previous: &Entry) -> Option<Entry> {
         return None;
     }
     let mut meta = new.meta.clone();
-    meta.br = previous.br.is_some();
-    meta.gzip = previous.gzip.is_some();
-    Some(Entry::new(
-        meta,
-        previous.identity.clone(),
-        previous.br.clone(),
-        previous.gzip.clone(),
-    ))
+    let (br, gzip) = (previous.br(), previous.gzip());
+    meta.br = br.is_some();
+    meta.gzip = gzip.is_some();
+    Some(Entry::new(meta, new.identity(), br, gzip))
 }
 
 /// Adds Brotli and gzip variants when the content type is worth it and the origin did
@@ -581,11 +577,12 @@ pub fn with_variants(e: Entry) -> Entry {
     if encoded || !header(&e, "content-type").is_some_and(entry::is_compressible) {
         return e;
     }
-    let (br, gzip) = entry::compress(&e.identity);
+    let identity = e.identity();
+    let (br, gzip) = entry::compress(&identity);
     let mut meta = e.meta;
     meta.br = br.is_some();
     meta.gzip = gzip.is_some();
-    Entry::new(meta, e.identity, br, gzip)
+    Entry::new(meta, identity, br, gzip)
 }
 
 #[cfg(test)]
@@ -674,11 +671,11 @@ mod tests {
         let p = parts(&[("content-type", "text/html")]);
         let html = Bytes::from("<p>same page</p>".repeat(50));
         let first = with_variants(build_entry(&p, html.clone(), &rules, &c, "/", 1).unwrap());
-        assert!(first.br.is_some() && first.gzip.is_some());
+        assert!(first.br().is_some() && first.gzip().is_some());
         let again = build_entry(&p, html, &rules, &c, "/", 2).unwrap();
         let reused = reuse_variants(&again, &first).unwrap();
         assert_eq!(reused.meta.generated, 2);
-        assert_eq!(reused.br, first.br);
+        assert_eq!(reused.br(), first.br());
         let changed = build_entry(
             &p,
             Bytes::from("<p>new page</p>".repeat(50)),

@@ -1,7 +1,8 @@
 //! The hit lane: a connection starts here, and every plain `GET`/`HEAD` of a page that is
 //! in the memory tier and fresh (or stale: a background regeneration starts) is answered
 //! straight from the socket: `httparse` reads the head, one `writev` sends headers and
-//! body. The first request that needs anything else (a miss, a body, a conditional
+//! body, or for a body in a page file the headers go with `MSG_MORE` and the body with
+//! `sendfile`. The first request that needs anything else (a miss, a body, a conditional
 //! request, the `/_isr/` routes, a bypass) hands the connection, with the bytes already
 //! read, to hyper for the rest of its life.
 //!
@@ -11,18 +12,20 @@
 //! end-to-end test of a hit runs through this lane.
 
 use std::io::{self, IoSlice};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::{CacheState, Front};
-use crate::entry::Entry;
+use crate::entry::{Body, Entry};
 use crate::key;
+use crate::page_file::PageFile;
 use crate::policy::{self, Freshness};
 
 /// How the lane left the connection.
@@ -69,7 +72,8 @@ impl Front {
                         };
                         buf.advance(len);
                         let ok = match body {
-                            Some(b) => write_all(stream, &out, &b).await,
+                            Some(Body::Memory(b)) => write_all(stream, &out, &b).await,
+                            Some(Body::File(f)) => send_file(stream, &out, &f).await,
                             None => stream.write_all(&out).await,
                         };
                         if ok.is_err() {
@@ -95,7 +99,7 @@ impl Front {
 
     /// Writes the head of a hit into `out` and returns its body (`None` for `HEAD`), or
     /// `None` when this request is not a plain hit on a page in memory.
-    fn hit(&self, req: &httparse::Request<'_, '_>, out: &mut Vec<u8>) -> Option<Option<Bytes>> {
+    fn hit(&self, req: &httparse::Request<'_, '_>, out: &mut Vec<u8>) -> Option<Option<Body>> {
         let head = match req.method? {
             "GET" => false,
             "HEAD" => true,
@@ -189,7 +193,7 @@ fn write_head(
     freshness: Freshness,
     now: u64,
     emit_tags: bool,
-) -> Bytes {
+) -> Body {
     let status = http::StatusCode::from_u16(e.meta.status).unwrap_or(http::StatusCode::OK);
     let (encoding, body) = e.body_for_bytes(accept);
     let mut num = itoa::Buffer::new();
@@ -331,6 +335,44 @@ async fn write_all(stream: &mut TcpStream, head: &[u8], body: &Bytes) -> io::Res
         b += n - from_head;
     }
     Ok(())
+}
+
+/// Writes `head` with `MSG_MORE` (so it leaves in the same packet as the body's start),
+/// then the body from its page file with `sendfile`.
+async fn send_file(stream: &mut TcpStream, head: &[u8], body: &PageFile) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < head.len() {
+        sent += write_with(stream, || {
+            rustix::net::send(stream.as_fd(), &head[sent..], rustix::net::SendFlags::MORE)
+        })
+        .await?;
+    }
+    let mut offset = 0u64;
+    while (offset as usize) < body.len() {
+        let left = body.len() - offset as usize;
+        write_with(stream, || {
+            rustix::fs::sendfile(stream.as_fd(), body.fd(), Some(&mut offset), left)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs one non-blocking write `op` once the socket is writable, as often as it would
+/// block; a write of 0 bytes is an error.
+async fn write_with(
+    stream: &TcpStream,
+    mut op: impl FnMut() -> rustix::io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || op().map_err(io::Error::from)) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A connection handed to hyper: the bytes the lane already read, then the socket.

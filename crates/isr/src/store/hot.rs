@@ -39,9 +39,11 @@ impl HotTier {
         self.cache.as_ref()?.get(key)
     }
 
-    /// Holds `entry` for `key` (replacing any older one).
+    /// Holds `entry` for `key` (replacing any older one), with its large bodies moved to
+    /// page files.
     pub fn insert(&self, key: &str, entry: Arc<Entry>) {
         if let Some(c) = &self.cache {
+            let entry = entry.in_page_files().map_or(entry, Arc::new);
             c.insert(key.into(), entry);
         }
     }

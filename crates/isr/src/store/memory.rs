@@ -35,12 +35,7 @@ impl MemoryStore {
 }
 
 fn copy(e: &Entry) -> Entry {
-    Entry::new(
-        e.meta.clone(),
-        e.identity.clone(),
-        e.br.clone(),
-        e.gzip.clone(),
-    )
+    Entry::new(e.meta.clone(), e.identity(), e.br(), e.gzip())
 }
 
 impl Store for MemoryStore {

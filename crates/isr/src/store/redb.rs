@@ -283,20 +283,16 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<bool>, StoreError> {
                         .map_err(err)?;
                     for enc in Encoding::ALL.into_iter().filter(|_| !keep_bodies) {
                         let variant = match enc {
-                            Encoding::Identity => Some(&entry.identity),
-                            Encoding::Br => entry.br.as_ref(),
-                            Encoding::Gzip => entry.gzip.as_ref(),
+                            Encoding::Identity => Some(entry.identity()),
+                            Encoding::Br => entry.br(),
+                            Encoding::Gzip => entry.gzip(),
                         };
                         let k = key.as_str();
                         body.retain_in((k, enc.code(), 0)..=(k, enc.code(), u32::MAX), |_, _| {
                             false
                         })
                         .map_err(err)?;
-                        for (n, piece) in variant
-                            .into_iter()
-                            .flat_map(|b| b.chunks(CHUNK))
-                            .enumerate()
-                        {
+                        for (n, piece) in variant.iter().flat_map(|b| b.chunks(CHUNK)).enumerate() {
                             body.insert((k, enc.code(), n as u32), piece).map_err(err)?;
                         }
                     }
@@ -543,7 +539,7 @@ mod tests {
         }
         let s = RedbStore::open(dir.path()).unwrap();
         let e = s.get("/a").await.unwrap().unwrap();
-        assert_eq!(&e.identity[..], b"two");
+        assert_eq!(&e.identity()[..], b"two");
         assert!(s.keys_with_tag("x").await.unwrap().is_empty());
         assert_eq!(s.keys_with_tag("y").await.unwrap(), ["/a", "/ab"]);
         assert_eq!(s.keys_with_tag("z").await.unwrap(), ["/a"]);
@@ -597,17 +593,17 @@ mod tests {
             .collect();
         s.put("/big", entry(&big, 1, &[])).await.unwrap();
         assert_eq!(
-            s.get("/big").await.unwrap().unwrap().identity,
+            s.get("/big").await.unwrap().unwrap().identity(),
             big.as_bytes()
         );
         let smaller = &big[..CHUNK + 7];
         s.put("/big", entry(smaller, 2, &[])).await.unwrap();
         assert_eq!(
-            s.get("/big").await.unwrap().unwrap().identity,
+            s.get("/big").await.unwrap().unwrap().identity(),
             smaller.as_bytes()
         );
         s.put("/big", entry("", 3, &[])).await.unwrap();
-        assert!(s.get("/big").await.unwrap().unwrap().identity.is_empty());
+        assert!(s.get("/big").await.unwrap().unwrap().identity().is_empty());
     }
 
     #[tokio::test]
@@ -620,7 +616,7 @@ mod tests {
             .await
             .unwrap());
         let e = s.get("/p").await.unwrap().unwrap();
-        assert_eq!((&e.identity[..], e.meta.generated), (&b"same"[..], 20));
+        assert_eq!((&e.identity()[..], e.meta.generated), (&b"same"[..], 20));
         assert_eq!(s.keys_with_tag("b").await.unwrap(), ["/p"]);
         // Another write replaced the bodies meanwhile: the hint must not keep them.
         s.put("/p", entry("other", 30, &[])).await.unwrap();
@@ -628,7 +624,7 @@ mod tests {
             .put_same_bodies("/p", entry("same", 40, &[]))
             .await
             .unwrap());
-        assert_eq!(&s.get("/p").await.unwrap().unwrap().identity[..], b"same");
+        assert_eq!(&s.get("/p").await.unwrap().unwrap().identity()[..], b"same");
     }
 
     proptest::proptest! {

@@ -256,15 +256,15 @@ impl Store for RedisStore {
         Box::pin(async move {
             let s = &self.shared;
             let mut con = s.con();
-            let empty = Bytes::new();
+            let (identity, br, gzip) = (entry.identity(), entry.br(), entry.gzip());
             let mut inv = s.put.prepare_invoke();
             inv.arg(&s.prefix)
                 .arg(key)
                 .arg(entry.meta.generated)
                 .arg(entry.meta.to_bytes())
-                .arg(entry.identity.as_ref())
-                .arg(entry.br.as_ref().unwrap_or(&empty).as_ref())
-                .arg(entry.gzip.as_ref().unwrap_or(&empty).as_ref())
+                .arg(identity.as_ref())
+                .arg(br.as_deref().unwrap_or_default())
+                .arg(gzip.as_deref().unwrap_or_default())
                 .arg(entry.meta.tags.join("\n"));
             let written: i64 = s.call("put", inv.invoke_async(&mut con)).await?;
             Ok(written == 1)
