@@ -135,6 +135,26 @@ def tree_rss_mib(pid):
     return total
 
 
+def tree_memfd_mib(pid):
+    """Bytes in memory files (isr's page files) the process tree holds open: memory that
+    counts in isr's memory tier but not in its RSS."""
+    files = {}
+    for p in tree_pids(pid):
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            path = f"/proc/{p}/fd/{fd}"
+            try:
+                if os.readlink(path).startswith("/memfd:"):
+                    st = os.stat(path)
+                    files[(st.st_dev, st.st_ino)] = st.st_size
+            except OSError:
+                pass
+    return sum(files.values()) / (1 << 20)
+
+
 def start_isr(s, name, work, port, origin, extra_toml):
     """Starts an isr (release build) named `name` on `port` in front of `origin`."""
     d = os.path.join(work, name)
@@ -378,6 +398,7 @@ def main():
             warm(targets)
             runs, table = hits(args, s, targets)
         rss = {t: tree_rss_mib(s.procs[t].pid) for t in targets}
+        memfd = {t: tree_memfd_mib(s.procs[t].pid) for t in targets}
         extra = {}
         if not args.skip_extra:
             sh("cargo build --release -q --example burst", cwd=ROOT)
@@ -401,7 +422,7 @@ def main():
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
     result = {"when": stamp, "args": vars(args), "versions": versions, "table": table, "runs": runs,
-              "rss_mib_after": rss, **extra}
+              "rss_mib_after": rss, "memfd_mib_after": memfd, **extra}
     with open(os.path.join(BENCH, "results", f"{stamp}.json"), "w") as f:
         json.dump(result, f, indent=1)
     md = render(result)
@@ -415,7 +436,12 @@ def fmt(x, digits=0):
 
 
 def render(r):
-    lines = [f"Run {r['when']}: `python3 bench/run.py --reps {r['args']['reps']} --duration {r['args']['duration']}`",
+    a = r["args"]
+    command = f"python3 bench/run.py --reps {a['reps']} --duration {a['duration']}"
+    if a.get("targets") and a["targets"] != ",".join(PORTS):
+        command += f" --targets {a['targets']}"
+    command += "".join(f" --{k.replace('_', '-')}" for k in ("skip_extra", "skip_hits") if a.get(k))
+    lines = [f"Run {r['when']}: `{command}`",
              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
              "| scenario | target | rps (median) | × nginx static | p50 ms | p99 ms | hits per server CPU-s | × nginx static (CPU) | non-2xx |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -424,6 +450,9 @@ def render(r):
                      f"{fmt(row['p50_ms'], 2)} | {fmt(row['p99_ms'], 2)} | {fmt(row['hits_per_cpu_s'])} | "
                      f"{fmt(row['cpu_eff_vs_nginx_static'], 2)} | {row['errors']} |")
     lines += ["", "RSS after the hit runs (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mib_after"].items())]
+    held = {k: v for k, v in r.get("memfd_mib_after", {}).items() if v}
+    if held:
+        lines[-1] += "; besides RSS, in page files (memfd): " + ", ".join(f"{k} {v:.0f}" for k, v in held.items())
     if "stampede" in r:
         lines += ["", "| isr stampede (1,000 concurrent, origin 200 ms) | origin requests | p50 ms | max ms |", "|---|---:|---:|---:|"]
         for k in ["missing", "stale", "hit_burst"]:
