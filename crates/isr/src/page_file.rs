@@ -2,7 +2,7 @@
 //! heap, so the hit lane can send them with `sendfile`: the kernel hands the file's pages
 //! to the socket instead of copying the body out of isr's memory for every hit, as nginx
 //! does for static files. On this machine that cut the server CPU per 128 KiB hit by
-//! 20–35 % (BENCHMARKS.md, "Large bodies sent from memory files").
+//! 21–29 % (BENCHMARKS.md, "Large bodies sent from page files with `sendfile`").
 //!
 //! A page file is written once, then sealed against writes, growth and shrinking, so it
 //! is immutable while any response still sends from it; its memory is freed when the
