@@ -3,7 +3,8 @@
 # memory tier. Measures store size, time to first HIT after start, RSS, and hit
 # throughput when hits come from the memory tier (1,000 URLs) versus mostly from disk
 # (random over all pages).   bash bench/scale.sh [PAGES] [BYTES] [SECONDS]
-# KEEP=DIR keeps the filled store in DIR and reuses it on the next run.
+# KEEP=DIR keeps the filled store in DIR and reuses it on the next run; ISR_BIN=PATH runs
+# another isr binary on it (default: the release build).
 set -euo pipefail
 pages=${1:-1000000}
 bytes=${2:-16384}
@@ -30,11 +31,19 @@ data_dir = "$dir/data"
 memory = "256MiB"
 EOT
 start=$(date +%s%N)
-ISR_LOG=warn taskset -c 0 ./target/release/isr serve --config "$dir/isr.toml" >/dev/null 2>&1 &
+ISR_LOG=warn taskset -c 0 "${ISR_BIN:-./target/release/isr}" serve --config "$dir/isr.toml" >/dev/null 2>&1 &
 pid=$!
 until [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:19098/page/$((pages / 2)))" = 200 ]; do sleep 0.005; done
 echo "first HIT after $(( ($(date +%s%N) - start) / 1000000 )) ms"
-rss() { echo "$(( $(awk '/VmRSS/ {print $2}' /proc/$pid/status) / 1024 )) MiB"; }
+# RSS, plus the bytes isr holds in page files (memfds), which count in its memory tier but
+# not in RSS.
+rss() {
+  local files
+  files=$(for f in /proc/$pid/fd/*; do
+    case "$(readlink "$f")" in /memfd:*) stat -L -c %s "$f" ;; esac
+  done | awk '{ s += $1 } END { printf "%d", s / 1048576 }')
+  echo "$(( $(awk '/VmRSS/ {print $2}' /proc/$pid/status) / 1024 )) MiB + ${files} MiB in page files"
+}
 cat > "$dir/random.lua" <<EOT
 local pages = $pages
 request = function() return wrk.format("GET", "/page/" .. math.random(0, pages - 1)) end

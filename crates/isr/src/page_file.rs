@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 /// Bodies at least this large go to page files. Below it, copying is as cheap as
 /// `sendfile` (16 KiB pages measured level) and saves two system calls per file made.
-pub const MIN_BYTES: usize = 32 * 1024;
+pub const MIN_BYTES: usize = 16 * 1024;
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 
