@@ -1,7 +1,7 @@
-//! Bodies of 16 KiB and more in the memory tier live in sealed memory files (`memfd`), not on the
-//! heap, so the hit lane can send them with `sendfile`: the kernel hands the file's pages
-//! to the socket instead of copying the body out of isr's memory for every hit, as nginx
-//! does for static files. On this machine that cut the server CPU per 128 KiB hit by
+//! Bodies of 16 KiB and more in the memory tier live in sealed memory files (`memfd`),
+//! not on the heap, so the hit lane can send them with `sendfile`: the kernel hands the
+//! file's pages to the socket instead of copying the body out of isr's memory for every
+//! hit, as nginx does for static files. On this machine that cut the server CPU per 128 KiB hit by
 //! 21–29 %, and per 16 KiB hit on a spread of pages by 10–16 % (BENCHMARKS.md, "Large
 //! bodies sent from page files with `sendfile`").
 //!
