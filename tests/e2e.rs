@@ -1256,6 +1256,56 @@ async fn large_pages_are_sent_whole_from_page_files_to_fast_and_slow_readers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn conditional_hits_get_304_with_the_validators_and_no_body_in_a_pipeline() {
+    let origin = Origin::start().await;
+    let isr = Isr::start(&origin).await;
+    isr.get("/blog/c").await.unwrap();
+    let plain = isr.get("/blog/c").await.unwrap();
+    let br = isr
+        .request("GET", "/blog/c", &[("accept-encoding", "br")], "")
+        .await
+        .unwrap();
+    let (etag, br_etag) = (plain.header("etag"), br.header("etag"));
+    // On one connection: a matching ETag, a weak one, a list, the identity ETag sent with
+    // `Accept-Encoding: br` (it names another representation), `*`, and a plain GET.
+    let requests = format!(
+        "GET /blog/c HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n\
+         GET /blog/c HTTP/1.1\r\nHost: x\r\nIf-None-Match: W/{etag}\r\n\r\n\
+         GET /blog/c HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\nIf-None-Match: \"x\", {br_etag}\r\n\r\n\
+         GET /blog/c HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\nIf-None-Match: {etag}\r\n\r\n\
+         HEAD /blog/c HTTP/1.1\r\nHost: x\r\nIf-None-Match: *\r\n\r\n\
+         GET /blog/c HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    let r = raw(&isr, &requests, 6).await;
+    let status: Vec<&str> = r.iter().map(|(h, _)| &h[9..12]).collect();
+    assert_eq!(status, ["304", "304", "304", "200", "304", "200"]);
+    for (i, (h, body)) in r.iter().enumerate() {
+        for name in [
+            "x-isr-cache: hit",
+            "age: ",
+            "etag: ",
+            "cache-control: public",
+            "vary: accept-encoding",
+            "date: ",
+        ] {
+            assert!(h.contains(name), "{i}: {name} missing in {h}");
+        }
+        if &h[9..12] == "304" {
+            assert!(
+                body.is_empty() && !h.contains("content-length") && !h.contains("content-type"),
+                "{i}: {h}"
+            );
+        }
+    }
+    assert!(r[2]
+        .0
+        .contains(&format!("etag: {}", br_etag.to_lowercase())));
+    assert!(r[3].0.contains("content-encoding: br"));
+    assert!(r[5].1.contains("page /blog/c v1"));
+    assert_eq!(origin.count("/blog/c"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn hits_answer_head_requests_split_heads_and_conditional_requests() {
     use tokio::io::AsyncWriteExt;
     let origin = Origin::start().await;

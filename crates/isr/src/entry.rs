@@ -354,7 +354,19 @@ pub fn hash(body: &[u8]) -> String {
 
 /// True when an `If-None-Match` value matches `etag` (weak comparison, as RFC 9110 says).
 pub fn if_none_match(header: &HeaderValue, etag: &HeaderValue) -> bool {
-    let Ok(text) = header.to_str() else {
+    if_none_match_bytes(header.as_bytes(), etag)
+}
+
+/// [`if_none_match`] with the header's raw bytes (a value that is not visible ASCII
+/// matches nothing, as `HeaderValue::to_str` refuses it).
+pub fn if_none_match_bytes(header: &[u8], etag: &HeaderValue) -> bool {
+    let visible = |b: &u8| *b == b'\t' || (0x20..0x7f).contains(b);
+    let Some(text) = header
+        .iter()
+        .all(visible)
+        .then(|| std::str::from_utf8(header).ok())
+        .flatten()
+    else {
         return false;
     };
     let want = etag.as_bytes();
