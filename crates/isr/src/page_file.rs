@@ -17,7 +17,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -73,14 +72,17 @@ impl PageFile {
         self.file.as_fd()
     }
 
-    /// A copy of the body.
+    /// A copy of the body (read into fresh memory that is never zeroed first).
     pub fn read(&self) -> Bytes {
-        let mut buf = vec![0; self.len];
-        // A sealed memory file of this length: reading it fails only if the kernel is out
-        // of memory, which no caller could recover from either.
-        self.file
-            .read_exact_at(&mut buf, 0)
-            .expect("reading a sealed page file");
+        let mut buf = Vec::with_capacity(self.len);
+        while buf.len() < self.len {
+            let at = buf.len() as u64;
+            // A sealed memory file of this length: reading it fails only if the kernel is
+            // out of memory, which no caller could recover from either.
+            let n = rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at)
+                .expect("reading a sealed page file");
+            assert!(n > 0, "a sealed page file shrank");
+        }
         Bytes::from(buf)
     }
 }
