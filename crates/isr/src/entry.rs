@@ -361,12 +361,10 @@ pub fn if_none_match(header: &HeaderValue, etag: &HeaderValue) -> bool {
 /// matches nothing, as `HeaderValue::to_str` refuses it).
 pub fn if_none_match_bytes(header: &[u8], etag: &HeaderValue) -> bool {
     let visible = |b: &u8| *b == b'\t' || (0x20..0x7f).contains(b);
-    let Some(text) = header
-        .iter()
-        .all(visible)
-        .then(|| std::str::from_utf8(header).ok())
-        .flatten()
-    else {
+    if !header.iter().all(visible) {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(header) else {
         return false;
     };
     let want = etag.as_bytes();

@@ -93,11 +93,6 @@ impl Drop for PageFile {
     }
 }
 
-/// Page files open now (for tests and the budget).
-pub fn open_files() -> usize {
-    OPEN.load(Ordering::Relaxed)
-}
-
 fn sealed(body: &[u8]) -> std::io::Result<File> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let fd = rustix::fs::memfd_create("isr-page", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
