@@ -704,6 +704,48 @@ async fn kill_9_then_restart_loses_no_stored_page_and_keeps_the_tag_clock() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_pages_read_back_from_the_store_are_hits_on_one_connection() {
+    let origin = Origin::start().await;
+    let isr = Isr::start(&origin).await;
+    for p in ["/blog/r1", "/blog/r2"] {
+        isr.get(p).await.unwrap();
+    }
+    let (data, config, dir) = isr.kill();
+    let isr = Isr::spawn(&origin, &data, &config).await;
+    // Nothing is in the memory tier yet: each page is read back from the store while the
+    // rest of the pipeline waits, then a miss, then a hit again on the same connection.
+    let r = raw(
+        &isr,
+        "GET /blog/r1 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/r2 HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\n\r\n\
+         GET /blog/r2 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/r3 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/r1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        5,
+    )
+    .await;
+    let cache: Vec<&str> = r
+        .iter()
+        .map(|(h, _)| {
+            h.split("x-isr-cache: ")
+                .nth(1)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(cache, ["hit", "hit", "hit", "miss", "hit"]);
+    assert!(r[0].1.contains("page /blog/r1 v1"));
+    assert!(r[1].0.contains("content-encoding: br"));
+    assert!(r[2].1.contains("page /blog/r2 v1"));
+    assert!(r[3].1.contains("page /blog/r3 v1"));
+    assert!(r[4].1.contains("page /blog/r1 v1"));
+    assert_eq!((origin.count("/blog/r1"), origin.count("/blog/r2")), (1, 1));
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let origin = Origin::start().await;
     origin.set(

@@ -1,6 +1,6 @@
 //! The hit lane: a connection starts here, and every plain `GET`/`HEAD` of a page that is
-//! in the memory tier and fresh (or stale: a background regeneration starts) is answered
-//! straight from the socket: `httparse` reads the head, one `writev` sends headers and
+//! cached and fresh (or stale: a background regeneration starts), in the memory tier or read
+//! back from the store, is answered straight from the socket: `httparse` reads the head, one `writev` sends headers and
 //! body, or for a body in a page file the headers go with `MSG_MORE` and the body with
 //! `sendfile`; an `If-None-Match` that matches gets its 304 here too. The first request
 //! that needs anything else (a miss, a request body, the `/_isr/` routes, a bypass) hands
@@ -66,8 +66,19 @@ impl Front {
                             let _ = stream.write_all(REFUSE_SMUGGLING).await;
                             return Handoff::Closed;
                         }
+                        let Some(ask) = self.ask(&req) else {
+                            return Handoff::Hyper(buf.freeze());
+                        };
+                        // A page out of the memory tier is read back from the store here,
+                        // so that a restart or a large store does not send every
+                        // connection to hyper on its first request.
+                        let entry = match self.engine.hot().get(&ask.key) {
+                            Some(e) => Some(e),
+                            None => self.engine.lookup(&ask.key).await,
+                        };
                         out.clear();
-                        let Some(body) = self.hit(&req, &mut out) else {
+                        let Some(body) = entry.and_then(|e| self.answer_from(&ask, &e, &mut out))
+                        else {
                             return Handoff::Hyper(buf.freeze());
                         };
                         buf.advance(len);
@@ -97,9 +108,9 @@ impl Front {
         }
     }
 
-    /// Writes the head of a hit into `out` and returns its body (`None` for `HEAD` and 304), or
-    /// `None` when this request is not a plain hit on a page in memory.
-    fn hit(&self, req: &httparse::Request<'_, '_>, out: &mut Vec<u8>) -> Option<Option<Body>> {
+    /// What a plain `GET`/`HEAD` of a cacheable page asks for, or `None` when the request
+    /// needs hyper whatever the cache holds.
+    fn ask<'r>(&self, req: &httparse::Request<'_, 'r>) -> Option<Ask<'r>> {
         let head = match req.method? {
             "GET" => false,
             "HEAD" => true,
@@ -157,28 +168,34 @@ impl Front {
         {
             return None;
         }
-        let e = self.engine.hot().get(&key)?;
+        Some(Ask {
+            key,
+            head,
+            accept,
+            if_none_match,
+        })
+    }
+
+    /// Writes the head of the answer to `ask` from `e` into `out` and returns its body
+    /// (`None` for `HEAD` and 304), or `None` when `e` has expired (hyper regenerates it).
+    fn answer_from(&self, ask: &Ask<'_>, e: &Entry, out: &mut Vec<u8>) -> Option<Option<Body>> {
         let now = self.engine.now();
-        let (state, freshness) = match self.engine.freshness(&key, &e.meta, now) {
+        let (state, freshness) = match self.engine.freshness(&ask.key, &e.meta, now) {
             Freshness::Fresh => {
-                self.engine.refresh_ahead(&key, &e.meta, now);
+                self.engine.refresh_ahead(&ask.key, &e.meta, now);
                 (CacheState::Hit, Freshness::Fresh)
             }
             Freshness::Stale => {
                 self.engine
-                    .regenerate_in_background(&key, e.meta.revalidate);
+                    .regenerate_in_background(&ask.key, e.meta.revalidate);
                 (CacheState::Stale, Freshness::Stale)
             }
             Freshness::Expired => return None,
         };
         let emit_tags = self.engine.cdn().emits_tags();
-        let asked = Asked {
-            accept,
-            if_none_match,
-        };
-        let body = write_head(out, &e, asked, state, freshness, now, emit_tags);
+        let body = write_head(out, e, ask, state, freshness, now, emit_tags);
         self.engine.metrics().request(state as usize);
-        Some(body.filter(|_| !head && e.meta.status != 204))
+        Some(body.filter(|_| !ask.head && e.meta.status != 204))
     }
 }
 
@@ -192,8 +209,11 @@ fn smuggling(headers: &[httparse::Header<'_>]) -> bool {
 
 const REFUSE_SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 58\r\nconnection: close\r\n\r\nContent-Length and Transfer-Encoding together are refused\n";
 
-/// The request headers a hit's response depends on.
-struct Asked<'a> {
+/// A request the lane can answer from a cached page: its cache key, whether it is a
+/// `HEAD`, and the request headers the response depends on.
+struct Ask<'a> {
+    key: String,
+    head: bool,
     accept: Option<&'a [u8]>,
     if_none_match: Option<&'a [u8]>,
 }
@@ -203,15 +223,15 @@ struct Asked<'a> {
 fn write_head(
     out: &mut Vec<u8>,
     e: &Entry,
-    asked: Asked<'_>,
+    ask: &Ask<'_>,
     state: CacheState,
     freshness: Freshness,
     now: u64,
     emit_tags: bool,
 ) -> Option<Body> {
-    let (encoding, body) = e.body_for_bytes(asked.accept);
+    let (encoding, body) = e.body_for_bytes(ask.accept);
     let not_modified = (200..300).contains(&e.meta.status)
-        && asked
+        && ask
             .if_none_match
             .is_some_and(|inm| entry::if_none_match_bytes(inm, e.etag(encoding)));
     let status = if not_modified {
@@ -316,7 +336,7 @@ async fn read(
     // read blindly (an EAGAIN would cost a system call per request).
     if let Some(ready) = stream.readable().now_or_never() {
         ready?;
-        match stream.try_read_buf(buf) {
+        match try_read(stream, buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             other => return other,
         }
@@ -332,7 +352,7 @@ async fn read(
     let wait = async {
         loop {
             stream.readable().await?;
-            match stream.try_read_buf(buf) {
+            match try_read(stream, buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
             }
@@ -342,6 +362,27 @@ async fn read(
         r = wait => r,
         () = deadline => Ok(0),
         _ = shutdown.wait_for(|s| *s), if idle => Ok(0),
+    }
+}
+
+/// Reads what the socket holds into `buf`'s spare room. A read that leaves room to spare
+/// emptied the socket, so tokio's readiness is cleared then, as after an `EAGAIN`: the
+/// next read waits for epoll's edge instead of making a system call that can only fail
+/// (nginx's `ngx_unix_recv` does the same). Bytes that arrive later raise a new edge, which
+/// tokio's readiness tick keeps this clearing from swallowing.
+fn try_read(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.capacity() - buf.len();
+    let mut got = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        got = stream.try_read_buf(buf)?;
+        if got > 0 && got < spare {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
