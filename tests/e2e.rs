@@ -1203,7 +1203,13 @@ async fn large_pages_are_sent_whole_from_page_files_to_fast_and_slow_readers() {
     );
     let isr = Isr::start_with(&origin, &common::CONFIG.replace("64KiB", "1MiB")).await;
     assert_eq!(isr.get("/blog/big").await.unwrap().cache(), "MISS");
-    assert_eq!(isr.page_files(), 3, "identity, br and gzip in page files");
+    assert_eq!(isr.page_files(), 0, "a page seen once stays on the heap");
+    assert_eq!(isr.get("/blog/big").await.unwrap().cache(), "HIT");
+    assert_eq!(
+        isr.page_files(),
+        3,
+        "from its first hit: identity, br and gzip in page files"
+    );
 
     // Pipelined on one connection: identity, Brotli, identity (the hit lane), then an
     // If-None-Match that does not match (hyper's path, which reads the page file).

@@ -200,6 +200,16 @@ impl Entry {
         self.gzip.as_ref().map(Body::bytes)
     }
 
+    /// True when a body is large enough for a page file, is still on the heap, and a file
+    /// can be had (cheap: no file is made).
+    pub fn wants_page_files(&self) -> bool {
+        let wants = |b: &Body| matches!(b, Body::Memory(m) if m.len() >= page_file::MIN_BYTES);
+        (wants(&self.identity)
+            || self.br.as_ref().is_some_and(wants)
+            || self.gzip.as_ref().is_some_and(wants))
+            && page_file::available()
+    }
+
     /// The same entry with its large bodies moved to page files, for the memory tier;
     /// `None` when no body is large enough (or no file could be made).
     pub fn in_page_files(&self) -> Option<Entry> {

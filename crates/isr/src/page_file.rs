@@ -1,5 +1,5 @@
-//! Bodies of 16 KiB and more in the memory tier live in sealed memory files (`memfd`),
-//! not on the heap, so the hit lane can send them with `sendfile`: the kernel hands the
+//! Bodies of 16 KiB and more in the memory tier live in sealed memory files (`memfd`)
+//! from the entry's first hit there (`HotTier::get`), not on the heap, so the hit lane can send them with `sendfile`: the kernel hands the
 //! file's pages to the socket instead of copying the body out of isr's memory for every
 //! hit, as nginx does for static files. On this machine that cut the server CPU per 128 KiB hit by
 //! 21–29 %, and per 16 KiB hit on a spread of pages by 10–16 % (BENCHMARKS.md, "Large
@@ -103,6 +103,11 @@ fn sealed(body: &[u8]) -> std::io::Result<File> {
         SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
     )?;
     Ok(file)
+}
+
+/// True while another page file may be made.
+pub fn available() -> bool {
+    OPEN.load(Ordering::Relaxed) < max_open()
 }
 
 /// A quarter of the soft open-file limit, read once.

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use quick_cache::sync::Cache;
+use std::time::Duration;
+
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::Weighter;
 
 use crate::entry::Entry;
@@ -34,16 +36,22 @@ impl HotTier {
         HotTier { cache }
     }
 
-    /// The entry for `key`, if held.
+    /// The entry for `key`, if held. On an entry's first hit in the tier its large bodies
+    /// move to page files (see [`HotTier::insert`]), and this hit already gets that copy.
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        self.cache.as_ref()?.get(key)
+        let c = self.cache.as_ref()?;
+        let e = c.get(key)?;
+        if e.wants_page_files() {
+            return Some(promote(c, key, &e).unwrap_or(e));
+        }
+        Some(e)
     }
 
-    /// Holds `entry` for `key` (replacing any older one), with its large bodies moved to
-    /// page files.
+    /// Holds `entry` for `key` (replacing any older one). Its bodies stay on the heap until
+    /// its first hit: a page read only once, as most are on a random walk over a store
+    /// larger than the tier, never pays for a page file.
     pub fn insert(&self, key: &str, entry: Arc<Entry>) {
         if let Some(c) = &self.cache {
-            let entry = entry.in_page_files().map_or(entry, Arc::new);
             c.insert(key.into(), entry);
         }
     }
@@ -60,6 +68,26 @@ impl HotTier {
     pub fn bytes(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| c.weight())
     }
+}
+
+/// Replaces `e`, held for `key`, by a copy with its large bodies in page files, unless a
+/// newer entry replaced it meanwhile; returns the copy when it took `e`'s place.
+fn promote(
+    c: &Cache<Box<str>, Arc<Entry>, ByBytes>,
+    key: &str,
+    e: &Arc<Entry>,
+) -> Option<Arc<Entry>> {
+    // The files are written outside the shard's lock; only the swap happens under it.
+    let files = Arc::new(e.in_page_files()?);
+    let key: Box<str> = key.into();
+    let swapped = c.entry(&key, Some(Duration::ZERO), |_, held| {
+        let same = Arc::ptr_eq(held, e);
+        if same {
+            *held = files.clone();
+        }
+        EntryAction::Retain(same)
+    });
+    matches!(swapped, EntryResult::Retained(true)).then_some(files)
 }
 
 #[cfg(test)]
@@ -94,6 +122,40 @@ mod tests {
                 prop_assert!(hot.bytes() <= 256 * 1024);
             }
         }
+    }
+
+    fn in_files(e: &Entry) -> bool {
+        matches!(e.body_for_bytes(None).1, crate::entry::Body::File(_))
+    }
+
+    #[test]
+    fn large_bodies_move_to_page_files_on_the_first_hit_never_over_a_newer_entry() {
+        let hot = HotTier::new(1 << 20);
+        hot.insert("/a", entry(20_000));
+        let c = hot.cache.as_ref().unwrap();
+        assert!(
+            !in_files(&c.peek("/a").unwrap()),
+            "inserted: still on the heap"
+        );
+        assert!(
+            in_files(&hot.get("/a").unwrap()),
+            "the first hit gets the file"
+        );
+        assert!(in_files(&c.peek("/a").unwrap()), "and the tier keeps it");
+        hot.insert("/small", entry(100));
+        assert!(
+            !in_files(&hot.get("/small").unwrap()),
+            "small bodies stay on the heap"
+        );
+
+        // A hit that read the old entry while a newer one came in must not put the old
+        // one back.
+        hot.insert("/b", entry(20_000));
+        let old = c.peek("/b").unwrap();
+        let newer = entry(30_000);
+        hot.insert("/b", newer.clone());
+        assert!(promote(c, "/b", &old).is_none());
+        assert!(Arc::ptr_eq(&c.peek("/b").unwrap(), &newer));
     }
 
     #[test]
