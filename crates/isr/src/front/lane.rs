@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::FutureExt;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -332,14 +331,12 @@ async fn read(
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
-    // When tokio already knows the socket is readable, read without waiting; never
-    // read blindly (an EAGAIN would cost a system call per request).
-    if let Some(ready) = stream.readable().now_or_never() {
-        ready?;
-        match try_read(stream, buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => return other,
-        }
+    // When tokio already knows the socket is readable, read without waiting. This never
+    // reads blindly: while tokio has no readiness, `try_io` makes no system call (an
+    // EAGAIN would cost one per request).
+    match try_read(stream, buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        other => return other,
     }
     let idle = buf.is_empty();
     if idle {
