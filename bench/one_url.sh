@@ -6,15 +6,18 @@
 #                                                 the page's ETag on a 16 KiB page (304s)
 #   bash bench/one_url.sh handed-over BINARY...   hits on connections handed to hyper (their
 #                                                 first request carried a body; see
-#                                                 bench/handed_over.lua), 128 KiB page
+#                                                 bench/first_request.lua), 128 KiB page
+#   bash bench/one_url.sh after-miss BINARY...    hits on connections whose first request
+#                                                 was a miss, 16 KiB page
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=$1
 shift
 case "$mode" in
   conditional) url=/page/1 ;;
-  handed-over) url=/big/1 ;;
-  *) echo "mode must be conditional or handed-over, not $mode" >&2; exit 2 ;;
+  handed-over) url=/big/1 first=body ;;
+  after-miss) url=/page/1 first=miss ;;
+  *) echo "mode must be conditional, handed-over or after-miss, not $mode" >&2; exit 2 ;;
 esac
 cargo build --release -q --example bench_origin
 dir=$(mktemp -d)
@@ -41,10 +44,10 @@ for rep in 1 2 3; do
       load=(-H "If-None-Match: $etag")
     else
       curl -s -o /dev/null "http://127.0.0.1:19401$url"
-      load=(-s bench/handed_over.lua)
+      load=(-s bench/first_request.lua)
     fi
     t0=$(awk '{ print $14 + $15 }' /proc/$pid/stat)
-    rps=$(taskset -c 1 wrk -t1 -c64 -d5s "${load[@]}" "http://127.0.0.1:19401$url" | awk '/Requests\/sec/ { print $2 }')
+    rps=$(URL=$url FIRST=${first:-} taskset -c 1 wrk -t1 -c64 -d5s "${load[@]}" "http://127.0.0.1:19401$url" | awk '/Requests\/sec/ { print $2 }')
     t1=$(awk '{ print $14 + $15 }' /proc/$pid/stat)
     python3 -c "print('$bin', round($rps), 'rps', round($rps * 5 / (($t1 - $t0) / 100)), 'per CPU-s')"
     kill $pid

@@ -1304,6 +1304,71 @@ async fn large_pages_are_sent_whole_from_page_files_to_fast_and_slow_readers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn misses_errors_and_pass_throughs_in_a_pipeline_each_get_their_own_answer() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/blog/private",
+        Spec {
+            headers: vec![("cache-control".into(), "private".into())],
+            ..Default::default()
+        },
+    );
+    origin.set(
+        "/blog/broken",
+        Spec {
+            status: Some(500),
+            ..Default::default()
+        },
+    );
+    let isr = Isr::start(&origin).await;
+    // One connection: misses are fetched and stored while the rest waits; a private page
+    // (passed through, not stored) and an origin error are answered once each, and the
+    // connection goes on serving after them.
+    let r = raw(
+        &isr,
+        "GET /blog/m1 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/m1 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/m2 HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\n\r\n\
+         GET /blog/private HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/broken HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/m2 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /blog/m3 HTTP/1.1\r\nHost: x\r\n\r\n",
+        7,
+    )
+    .await;
+    let got: Vec<(&str, &str)> = r
+        .iter()
+        .map(|(h, _)| {
+            let state = h
+                .split("x-isr-cache: ")
+                .nth(1)
+                .map_or("-", |v| v.lines().next().unwrap());
+            (&h[9..12], state)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("200", "miss"),
+            ("200", "hit"),
+            ("200", "miss"),
+            ("200", "bypass"),
+            ("500", "miss"),
+            ("200", "hit"),
+            ("200", "miss"),
+        ]
+    );
+    assert!(r[0].1.contains("page /blog/m1 v1") && r[1].1.contains("page /blog/m1 v1"));
+    assert!(r[2].0.contains("content-encoding: br"));
+    assert!(r[3].1.contains("page /blog/private v1"));
+    assert!(r[5].1.contains("page /blog/m2 v1") && r[6].1.contains("page /blog/m3 v1"));
+    for p in ["/blog/m1", "/blog/m2", "/blog/private", "/blog/m3"] {
+        assert_eq!(origin.count(p), 1, "{p}");
+    }
+    assert_eq!(origin.count("/blog/broken"), 1, "an error is fetched once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn conditional_hits_get_304_with_the_validators_and_no_body_in_a_pipeline() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;

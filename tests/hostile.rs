@@ -122,6 +122,40 @@ async fn a_request_slower_than_request_timeout_gets_504() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cacheable_miss_slower_than_request_timeout_gets_504_and_the_connection_goes_on() {
+    let origin = Origin::start().await;
+    for p in ["/blog/slow", "/blog/slow-head"] {
+        origin.set(
+            p,
+            Spec {
+                delay: Duration::from_secs(4),
+                ..Spec::default()
+            },
+        );
+    }
+    let config = format!(
+        "{}\n[limits]\nrequest_timeout = \"1s\"\n",
+        CONFIG.replace("origin_timeout = \"2s\"", "origin_timeout = \"10s\"")
+    );
+    let isr = Isr::start_with(&origin, &config).await;
+    let r = raw(
+        &isr,
+        "GET /blog/slow HTTP/1.1\r\nHost: x\r\n\r\nGET /blog/quick HTTP/1.1\r\nHost: x\r\n\r\n",
+        2,
+    )
+    .await;
+    assert!(r[0].0.starts_with("http/1.1 504"), "{}", r[0].0);
+    assert!(r[0].1.contains("request_timeout"), "{}", r[0].1);
+    assert!(r[1].0.starts_with("http/1.1 200") && r[1].1.contains("page /blog/quick v1"));
+    let head = isr
+        .request("HEAD", "/blog/slow-head", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(head.status, 504);
+    assert!(head.text().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_api_body_limit_is_configurable() {
     let origin = Origin::start().await;
     let isr = Isr::start_with(&origin, &with_limits("max_api_body = 1024")).await;
@@ -146,13 +180,26 @@ async fn conflicting_content_length_and_transfer_encoding_are_refused() {
         assert!(answer.starts_with("HTTP/1.1 400"), "{smuggle:?} got {answer:?}");
         assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
     }
-    assert_eq!(origin.count("/api/x") + origin.count("/api/y"), 0);
-    // Later on a connection that hyper took over (after a miss), hyper serves such a
-    // request by Transfer-Encoding alone and closes the connection (RFC 9112 6.1): what
-    // was smuggled behind it is never served, and the origin gets a consistent request.
+    // After a miss, the connection is still the lane's: refused the same way.
     let mut s = TcpStream::connect(isr.addr).await.unwrap();
     s.write_all(
         b"GET /blog/m HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+          GET /api/y HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = until_closed(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert_eq!(origin.count("/api/x") + origin.count("/api/y"), 0);
+    // On a connection that hyper took over (its first request had a body), hyper serves
+    // such a request by Transfer-Encoding alone and closes the connection (RFC 9112 6.1):
+    // what was smuggled behind it is never served, and the origin gets a consistent
+    // request.
+    let mut s = TcpStream::connect(isr.addr).await.unwrap();
+    s.write_all(
+        b"POST /api/z HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\
           POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
           GET /api/y HTTP/1.1\r\nHost: x\r\n\r\n",
     )

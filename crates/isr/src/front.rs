@@ -135,27 +135,29 @@ impl Front {
                 let mut stream = stream;
                 // Hits on the public listener are answered without hyper until a request
                 // needs it; the private listener goes straight to hyper.
-                let prefix = if trusted {
-                    Bytes::new()
+                let (prefix, first) = if trusted {
+                    (Bytes::new(), None)
                 } else {
                     match front.lane(&mut stream, &mut stopping).await {
                         lane::Handoff::Closed => return,
-                        lane::Handoff::Hyper(prefix) => prefix,
+                        lane::Handoff::Hyper(prefix) => (prefix, None),
+                        lane::Handoff::Served(prefix, key, served) => (prefix, Some((key, served))),
                     }
                 };
                 drop(in_lane);
+                // The outcome the lane already has for the first request hyper reads.
+                let first = std::sync::Mutex::new(first);
                 let service = service_fn(move |req| {
                     let front = front.clone();
+                    let served = first.lock().unwrap_or_else(|e| e.into_inner()).take();
                     async move {
-                        let answer = front.handle(req.map(crate::body::boxed), remote, trusted);
+                        let req = req.map(crate::body::boxed);
+                        let answer = front.handle_served(req, remote, trusted, served);
                         let res = tokio::time::timeout(request_timeout, answer)
                             .await
                             .unwrap_or_else(|_| {
                                 tracing::warn!(client = %remote.ip(), timeout = ?request_timeout, "request took longer than [limits] request_timeout");
-                                plain(
-                                    StatusCode::GATEWAY_TIMEOUT,
-                                    "the request took longer than request_timeout\n",
-                                )
+                                plain(StatusCode::GATEWAY_TIMEOUT, lane::TIMEOUT_TEXT)
                             });
                         Ok::<_, Infallible>(res)
                     }
@@ -197,19 +199,31 @@ impl Front {
         remote: SocketAddr,
         trusted: bool,
     ) -> Response<Body> {
+        self.handle_served(req, remote, trusted, None).await
+    }
+
+    /// [`Front::handle`], answering with `served` when it is the engine's outcome for this
+    /// request's cache key (the hit lane served it before handing the connection over).
+    async fn handle_served(
+        &self,
+        req: Request<Boxed>,
+        remote: SocketAddr,
+        trusted: bool,
+        served: Option<(String, Served)>,
+    ) -> Response<Body> {
         let debug = self.engine.config().debug_cache.then(|| {
-            let key = key::normalize(
-                req.uri().path(),
-                req.uri().query(),
-                &self.engine.config().cache.ignore_query,
-            );
             (
                 req.method().clone(),
-                redact_secret(key),
+                redact_secret(self.key_of(&req)),
                 tokio::time::Instant::now(),
             )
         });
-        let res = self.answer(req, remote, trusted).await;
+        let res = match served {
+            Some((key, served)) if self.key_of(&req) == key => {
+                self.respond(req, &key, served, remote).await
+            }
+            _ => self.answer(req, remote, trusted).await,
+        };
         let state = res.headers().get(X_ISR_CACHE).map(HeaderValue::as_bytes);
         if let Some(i) = state.and_then(|s| {
             CacheState::ALL
@@ -267,7 +281,7 @@ impl Front {
             return self.proxy(req, remote).await;
         }
         let cfg = self.engine.config();
-        let key = key::normalize(path, req.uri().query(), &cfg.cache.ignore_query);
+        let key = self.key_of(&req);
         if self.engine.routes().bypasses(key::path_of(&key)) {
             return self.proxy(req, remote).await;
         }
@@ -303,6 +317,12 @@ impl Front {
         }
         let served = self.engine.serve(&key).await;
         self.respond(req, &key, served, remote).await
+    }
+
+    /// The cache key of `req`.
+    fn key_of<B>(&self, req: &Request<B>) -> String {
+        let ignore = &self.engine.config().cache.ignore_query;
+        key::normalize(req.uri().path(), req.uri().query(), ignore)
     }
 
     async fn respond(

@@ -1,10 +1,14 @@
-//! The hit lane: a connection starts here, and every plain `GET`/`HEAD` of a page that is
-//! cached and fresh (or stale: a background regeneration starts), in the memory tier or read
-//! back from the store, is answered straight from the socket: `httparse` reads the head, one `writev` sends headers and
-//! body, or for a body in a page file the headers go with `MSG_MORE` and the body with
-//! `sendfile`; an `If-None-Match` that matches gets its 304 here too. The first request
-//! that needs anything else (a miss, a request body, the `/_isr/` routes, a bypass) hands
-//! the connection, with the bytes already read, to hyper for the rest of its life.
+//! The hit lane: a connection starts here, and every plain `GET`/`HEAD` of a cacheable
+//! page is answered straight from the socket: a fresh or stale page from the memory tier
+//! or read back from the store, and a miss or an expired page once the engine has fetched
+//! and stored it (single flight, within `[limits] request_timeout`, as hyper's path).
+//! `httparse` reads the head, one `writev` sends headers and body, or for a body in a page
+//! file the headers go with `MSG_MORE` and the body with `sendfile`; an `If-None-Match`
+//! that matches gets its 304 here too. The first request that needs anything else (a
+//! request body, the `/_isr/` routes, a bypass, or an outcome that is not a page: a
+//! pass-through, an origin error, a 404) hands the connection, with the bytes already
+//! read, to hyper for the rest of its life; an outcome the engine already has goes with
+//! it, so nothing is fetched twice.
 //!
 //! Why: on a 16 KiB hit, hyper's request and response machinery costs more CPU than
 //! isr's own cache work (BENCHMARKS.md). The headers written here are the ones
@@ -22,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::{CacheState, Front};
+use crate::engine::Served;
 use crate::entry::{self, Body, Entry};
 use crate::key;
 use crate::page_file::PageFile;
@@ -33,6 +38,9 @@ pub(super) enum Handoff {
     Closed,
     /// Hand it to hyper, which must first read these bytes.
     Hyper(Bytes),
+    /// Hand it to hyper, which must first read these bytes and answer the first request
+    /// in them (for this cache key) with this outcome: the engine already served it.
+    Served(Bytes, String, Served),
 }
 
 /// A head larger than this (or than `[limits] max_header_bytes`) goes to hyper, which
@@ -76,9 +84,21 @@ impl Front {
                             None => self.engine.lookup(&ask.key).await,
                         };
                         out.clear();
-                        let Some(body) = entry.and_then(|e| self.answer_from(&ask, &e, &mut out))
-                        else {
-                            return Handoff::Hyper(buf.freeze());
+                        let cached = entry.and_then(|e| self.answer_from(&ask, &e, &mut out));
+                        let body = match cached {
+                            Some(body) => body,
+                            // A miss or an expired page: the engine serves it here (one
+                            // origin fetch per key, as always), so a miss does not send the
+                            // connection to hyper either. Outcomes other than a page (a
+                            // pass-through, an error, a 404) go to hyper with the outcome,
+                            // never to be served twice.
+                            None => match self.serve_here(&ask, &mut out).await {
+                                Ok(body) => body,
+                                Err(served) => {
+                                    let key = ask.key;
+                                    return Handoff::Served(buf.freeze(), key, served);
+                                }
+                            },
                         };
                         buf.advance(len);
                         let ok = match body {
@@ -176,7 +196,7 @@ impl Front {
     }
 
     /// Writes the head of the answer to `ask` from `e` into `out` and returns its body
-    /// (`None` for `HEAD` and 304), or `None` when `e` has expired (hyper regenerates it).
+    /// (`None` for `HEAD` and 304), or `None` when `e` has expired.
     fn answer_from(&self, ask: &Ask<'_>, e: &Entry, out: &mut Vec<u8>) -> Option<Option<Body>> {
         let now = self.engine.now();
         let (state, freshness) = match self.engine.freshness(&ask.key, &e.meta, now) {
@@ -191,10 +211,67 @@ impl Front {
             }
             Freshness::Expired => return None,
         };
+        Some(self.write_answer(ask, e, state, freshness, now, out))
+    }
+
+    /// Serves `ask` through the engine (a miss or an expired page) within `[limits]
+    /// request_timeout`, as hyper's path does. A page is written into `out` and its body
+    /// returned; any other outcome is given back for hyper to answer.
+    async fn serve_here(&self, ask: &Ask<'_>, out: &mut Vec<u8>) -> Result<Option<Body>, Served> {
+        let limit = self.engine.config().limits.request_timeout;
+        let Ok(served) = tokio::time::timeout(limit, self.engine.serve(&ask.key)).await else {
+            tracing::warn!(key = %ask.key, timeout = ?limit, "request took longer than [limits] request_timeout");
+            write_timeout(out, ask.head);
+            return Ok(None);
+        };
+        let now = self.engine.now();
+        let (e, state, freshness) = match served {
+            Served::Hit(e) => (e, CacheState::Hit, Freshness::Fresh),
+            Served::Stale(e) => (e, CacheState::Stale, Freshness::Stale),
+            Served::Miss(e) => {
+                let freshness = self.engine.freshness(&ask.key, &e.meta, now);
+                (e, CacheState::Miss, freshness)
+            }
+            other => return Err(other),
+        };
+        Ok(self.write_answer(ask, &e, state, freshness, now, out))
+    }
+
+    /// Writes the head of `e` in `state` into `out`, counts the request, and returns the
+    /// body to send (`None` for `HEAD`, 204 and 304).
+    fn write_answer(
+        &self,
+        ask: &Ask<'_>,
+        e: &Entry,
+        state: CacheState,
+        freshness: Freshness,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<Body> {
         let emit_tags = self.engine.cdn().emits_tags();
         let body = write_head(out, e, ask, state, freshness, now, emit_tags);
         self.engine.metrics().request(state as usize);
-        Some(body.filter(|_| !ask.head && e.meta.status != 204))
+        body.filter(|_| !ask.head && e.meta.status != 204)
+    }
+}
+
+/// hyper's path answers a request over `[limits] request_timeout` with this text.
+pub(super) const TIMEOUT_TEXT: &str = "the request took longer than request_timeout\n";
+
+/// The 504 of a request over `[limits] request_timeout`, as hyper's path sends it (without
+/// the text for a `HEAD`).
+fn write_timeout(out: &mut Vec<u8>, head: bool) {
+    out.extend_from_slice(b"HTTP/1.1 504 Gateway Timeout\r\n");
+    header(out, b"content-type", b"text/plain; charset=utf-8");
+    header(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(TIMEOUT_TEXT.len()).as_bytes(),
+    );
+    DATE.with(|d| d.write(out));
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(TIMEOUT_TEXT.as_bytes());
     }
 }
 
