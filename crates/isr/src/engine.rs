@@ -988,7 +988,7 @@ impl Engine {
             };
         // The page being replaced, to reuse its variants; read without promoting it into
         // the hot tier (an eager revalidation of many pages must not flush the tier).
-        let previous = match (copy, self.hot.get(key)) {
+        let previous = match (copy, self.hot.peek(key)) {
             (Some(_), Some(hot)) => Some(hot),
             (Some(_), None) => self.store.get(key).await.ok().flatten().map(Arc::new),
             (None, _) => None,

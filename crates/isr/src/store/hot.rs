@@ -47,6 +47,12 @@ impl HotTier {
         Some(e)
     }
 
+    /// The entry for `key`, if held, without counting a hit: it neither moves to page files
+    /// nor gains recency (a regeneration reading the page it replaces).
+    pub fn peek(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.as_ref()?.peek(key)
+    }
+
     /// Holds `entry` for `key` (replacing any older one). Its bodies stay on the heap until
     /// its first hit: a page read only once, as most are on a random walk over a store
     /// larger than the tier, never pays for a page file.
@@ -142,6 +148,12 @@ mod tests {
             "the first hit gets the file"
         );
         assert!(in_files(&c.peek("/a").unwrap()), "and the tier keeps it");
+        hot.insert("/peeked", entry(20_000));
+        assert!(
+            !in_files(&hot.peek("/peeked").unwrap()),
+            "a peek is not a hit"
+        );
+        assert!(!in_files(&c.peek("/peeked").unwrap()));
         hot.insert("/small", entry(100));
         assert!(
             !in_files(&hot.get("/small").unwrap()),
