@@ -76,22 +76,15 @@ impl Front {
                         let Some(ask) = self.ask(&req) else {
                             return Handoff::Hyper(buf.freeze());
                         };
-                        // A page out of the memory tier is read back from the store here,
-                        // so that a restart or a large store does not send every
-                        // connection to hyper on its first request.
-                        let entry = match self.engine.hot().get(&ask.key) {
-                            Some(e) => Some(e),
-                            None => self.engine.lookup(&ask.key).await,
-                        };
                         out.clear();
-                        let cached = entry.and_then(|e| self.answer_from(&ask, &e, &mut out));
-                        let body = match cached {
+                        let hot = self.engine.hot().get(&ask.key);
+                        let body = match hot.and_then(|e| self.answer_from(&ask, &e, &mut out)) {
                             Some(body) => body,
-                            // A miss or an expired page: the engine serves it here (one
-                            // origin fetch per key, as always), so a miss does not send the
-                            // connection to hyper either. Outcomes other than a page (a
-                            // pass-through, an error, a 404) go to hyper with the outcome,
-                            // never to be served twice.
+                            // Not in the memory tier, or expired: the engine serves it here
+                            // (from the store, or one origin fetch per key, as always), so
+                            // neither a restart nor a miss sends the connection to hyper.
+                            // Outcomes other than a page (a pass-through, an error, a 404)
+                            // go to hyper with the outcome, never to be served twice.
                             None => match self.serve_here(&ask, &mut out).await {
                                 Ok(body) => body,
                                 Err(served) => {
@@ -214,7 +207,8 @@ impl Front {
         Some(self.write_answer(ask, e, state, freshness, now, out))
     }
 
-    /// Serves `ask` through the engine (a miss or an expired page) within `[limits]
+    /// Serves `ask` through the engine (a page out of the memory tier, a miss or an expired
+    /// page) within `[limits]
     /// request_timeout`, as hyper's path does. A page is written into `out` and its body
     /// returned; any other outcome is given back for hyper to answer.
     async fn serve_here(&self, ask: &Ask<'_>, out: &mut Vec<u8>) -> Result<Option<Body>, Served> {
