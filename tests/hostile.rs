@@ -101,30 +101,11 @@ async fn connections_past_max_connections_wait_for_a_free_one() {
     assert_eq!(read_responses(&mut third, 1).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_request_slower_than_request_timeout_gets_504() {
+/// An origin that takes 4 s for each of `paths`, behind an isr whose `request_timeout` is
+/// 1 s (and whose origin timeout is longer, so the request limit is what ends them).
+async fn slow_pages_with_a_1s_request_timeout(paths: &[&str]) -> (Origin, Isr) {
     let origin = Origin::start().await;
-    origin.set(
-        "/api/slow",
-        Spec {
-            delay: Duration::from_secs(4),
-            ..Spec::default()
-        },
-    );
-    let config = format!(
-        "{}\n[limits]\nrequest_timeout = \"1s\"\n",
-        CONFIG.replace("origin_timeout = \"2s\"", "origin_timeout = \"10s\"")
-    );
-    let isr = Isr::start_with(&origin, &config).await;
-    let r = isr.get("/api/slow").await.unwrap();
-    assert_eq!(r.status, 504);
-    assert!(r.text().contains("request_timeout"), "{}", r.text());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cacheable_miss_slower_than_request_timeout_gets_504_and_the_connection_goes_on() {
-    let origin = Origin::start().await;
-    for p in ["/blog/slow", "/blog/slow-head"] {
+    for p in paths {
         origin.set(
             p,
             Spec {
@@ -138,6 +119,21 @@ async fn a_cacheable_miss_slower_than_request_timeout_gets_504_and_the_connectio
         CONFIG.replace("origin_timeout = \"2s\"", "origin_timeout = \"10s\"")
     );
     let isr = Isr::start_with(&origin, &config).await;
+    (origin, isr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_slower_than_request_timeout_gets_504() {
+    let (_origin, isr) = slow_pages_with_a_1s_request_timeout(&["/api/slow"]).await;
+    let r = isr.get("/api/slow").await.unwrap();
+    assert_eq!(r.status, 504);
+    assert!(r.text().contains("request_timeout"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cacheable_miss_slower_than_request_timeout_gets_504_and_the_connection_goes_on() {
+    let (_origin, isr) =
+        slow_pages_with_a_1s_request_timeout(&["/blog/slow", "/blog/slow-head"]).await;
     let r = raw(
         &isr,
         "GET /blog/slow HTTP/1.1\r\nHost: x\r\n\r\nGET /blog/quick HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -129,12 +129,15 @@ impl Body {
         }
     }
 
+    /// True for a body on the heap large enough for a page file.
+    fn wants_file(&self) -> bool {
+        matches!(self, Body::Memory(b) if b.len() >= page_file::MIN_BYTES)
+    }
+
     /// This body in a page file, when it is large enough and a file can be made.
     fn in_file(&self) -> Option<Body> {
         match self {
-            Body::Memory(b) if b.len() >= page_file::MIN_BYTES => {
-                PageFile::holding(b).map(Body::File)
-            }
+            Body::Memory(b) if self.wants_file() => PageFile::holding(b).map(Body::File),
             _ => None,
         }
     }
@@ -203,10 +206,9 @@ impl Entry {
     /// True when a body is large enough for a page file, is still on the heap, and a file
     /// can be had (cheap: no file is made).
     pub fn wants_page_files(&self) -> bool {
-        let wants = |b: &Body| matches!(b, Body::Memory(m) if m.len() >= page_file::MIN_BYTES);
-        (wants(&self.identity)
-            || self.br.as_ref().is_some_and(wants)
-            || self.gzip.as_ref().is_some_and(wants))
+        (self.identity.wants_file()
+            || self.br.as_ref().is_some_and(Body::wants_file)
+            || self.gzip.as_ref().is_some_and(Body::wants_file))
             && page_file::available()
     }
 

@@ -3,7 +3,6 @@
 //! than the whole budget is simply not kept in memory.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
