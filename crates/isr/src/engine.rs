@@ -517,6 +517,28 @@ impl Engine {
         policy::freshness(&meta.timing(), mark, now)
     }
 
+    /// What the cached `e` for `key` answers at `now`: a HIT (starting the regeneration
+    /// early when `refresh = "ahead"` says so) or a STALE (starting a background
+    /// regeneration); `Err(e)` once it has expired.
+    pub fn answer_cached(
+        self: &Arc<Self>,
+        key: &str,
+        e: Arc<Entry>,
+        now: u64,
+    ) -> Result<Served, Arc<Entry>> {
+        match self.freshness(key, &e.meta, now) {
+            Freshness::Fresh => {
+                self.refresh_ahead(key, &e.meta, now);
+                Ok(Served::Hit(e))
+            }
+            Freshness::Stale => {
+                self.regenerate_in_background(key, e.meta.revalidate);
+                Ok(Served::Stale(e))
+            }
+            Freshness::Expired => Err(e),
+        }
+    }
+
     /// Serves a cacheable `GET`/`HEAD` for `key`.
     pub async fn serve(self: &Arc<Self>, key: &str) -> Served {
         if self.is_dropped(key::path_of(key)) {
@@ -524,16 +546,9 @@ impl Engine {
         }
         let now = self.now();
         let copy = match self.lookup(key).await {
-            Some(e) => match self.freshness(key, &e.meta, now) {
-                Freshness::Fresh => {
-                    self.refresh_ahead(key, &e.meta, now);
-                    return Served::Hit(e);
-                }
-                Freshness::Stale => {
-                    self.regenerate_in_background(key, e.meta.revalidate);
-                    return Served::Stale(e);
-                }
-                Freshness::Expired => Some(e),
+            Some(e) => match self.answer_cached(key, e, now) {
+                Ok(served) => return served,
+                Err(expired) => Some(expired),
             },
             None => {
                 if self.uncacheable.get(key).is_some_and(|until| until > now) {

@@ -78,7 +78,7 @@ impl Front {
                         };
                         out.clear();
                         let hot = self.engine.hot().get(&ask.key);
-                        let body = match hot.and_then(|e| self.answer_from(&ask, &e, &mut out)) {
+                        let body = match hot.and_then(|e| self.answer_from(&ask, e, &mut out)) {
                             Some(body) => body,
                             // Not in the memory tier, or expired: the engine serves it here
                             // (from the store, or one origin fetch per key, as always), so
@@ -89,7 +89,7 @@ impl Front {
                                 Ok(body) => body,
                                 Err(served) => {
                                     let key = ask.key;
-                                    return Handoff::Served(buf.freeze(), key, served);
+                                    return Handoff::Served(buf.freeze(), key, *served);
                                 }
                             },
                         };
@@ -188,37 +188,42 @@ impl Front {
         })
     }
 
-    /// Writes the head of the answer to `ask` from `e` into `out` and returns its body
-    /// (`None` for `HEAD` and 304), or `None` when `e` has expired.
-    fn answer_from(&self, ask: &Ask<'_>, e: &Entry, out: &mut Vec<u8>) -> Option<Option<Body>> {
+    /// Writes the head of the answer to `ask` from the memory tier's `e` into `out` and
+    /// returns its body (`None` for `HEAD` and 304), or `None` when `e` has expired.
+    fn answer_from(&self, ask: &Ask<'_>, e: Arc<Entry>, out: &mut Vec<u8>) -> Option<Option<Body>> {
         let now = self.engine.now();
-        let (state, freshness) = match self.engine.freshness(&ask.key, &e.meta, now) {
-            Freshness::Fresh => {
-                self.engine.refresh_ahead(&ask.key, &e.meta, now);
-                (CacheState::Hit, Freshness::Fresh)
-            }
-            Freshness::Stale => {
-                self.engine
-                    .regenerate_in_background(&ask.key, e.meta.revalidate);
-                (CacheState::Stale, Freshness::Stale)
-            }
-            Freshness::Expired => return None,
-        };
-        Some(self.write_answer(ask, e, state, freshness, now, out))
+        let served = self.engine.answer_cached(&ask.key, e, now).ok()?;
+        self.write_served(ask, served, now, out).ok()
     }
 
     /// Serves `ask` through the engine (a page out of the memory tier, a miss or an expired
-    /// page) within `[limits]
-    /// request_timeout`, as hyper's path does. A page is written into `out` and its body
-    /// returned; any other outcome is given back for hyper to answer.
-    async fn serve_here(&self, ask: &Ask<'_>, out: &mut Vec<u8>) -> Result<Option<Body>, Served> {
+    /// page) within `[limits] request_timeout`, as hyper's path does. A page is written
+    /// into `out` and its body returned; any other outcome is given back for hyper to
+    /// answer.
+    async fn serve_here(
+        &self,
+        ask: &Ask<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Body>, Box<Served>> {
         let limit = self.engine.config().limits.request_timeout;
         let Ok(served) = tokio::time::timeout(limit, self.engine.serve(&ask.key)).await else {
             tracing::warn!(key = %ask.key, timeout = ?limit, "request took longer than [limits] request_timeout");
             write_timeout(out, ask.head);
             return Ok(None);
         };
-        let now = self.engine.now();
+        self.write_served(ask, served, self.engine.now(), out)
+    }
+
+    /// Writes the head of a page the engine served (HIT, STALE or MISS) into `out`, counts
+    /// the request, and returns the body to send (`None` for `HEAD`, 204 and 304); any
+    /// other outcome is given back.
+    fn write_served(
+        &self,
+        ask: &Ask<'_>,
+        served: Served,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Body>, Box<Served>> {
         let (e, state, freshness) = match served {
             Served::Hit(e) => (e, CacheState::Hit, Freshness::Fresh),
             Served::Stale(e) => (e, CacheState::Stale, Freshness::Stale),
@@ -226,26 +231,12 @@ impl Front {
                 let freshness = self.engine.freshness(&ask.key, &e.meta, now);
                 (e, CacheState::Miss, freshness)
             }
-            other => return Err(other),
+            other => return Err(Box::new(other)),
         };
-        Ok(self.write_answer(ask, &e, state, freshness, now, out))
-    }
-
-    /// Writes the head of `e` in `state` into `out`, counts the request, and returns the
-    /// body to send (`None` for `HEAD`, 204 and 304).
-    fn write_answer(
-        &self,
-        ask: &Ask<'_>,
-        e: &Entry,
-        state: CacheState,
-        freshness: Freshness,
-        now: u64,
-        out: &mut Vec<u8>,
-    ) -> Option<Body> {
         let emit_tags = self.engine.cdn().emits_tags();
-        let body = write_head(out, e, ask, state, freshness, now, emit_tags);
+        let body = write_head(out, &e, ask, state, freshness, now, emit_tags);
         self.engine.metrics().request(state as usize);
-        body.filter(|_| !ask.head && e.meta.status != 204)
+        Ok(body.filter(|_| !ask.head && e.meta.status != 204))
     }
 }
 
