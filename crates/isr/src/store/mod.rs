@@ -17,6 +17,7 @@ mod marks;
 mod memory;
 mod redb;
 mod redis;
+mod segments;
 
 pub use self::hot::HotTier;
 pub use self::memory::MemoryStore;
