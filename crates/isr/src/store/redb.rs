@@ -24,20 +24,22 @@
 //! resumes by itself when space returns, and meanwhile the engine serves from memory and
 //! the origin.
 //!
-//! Lookups of pages run on tokio's blocking pool: a page that is not in the OS page cache
-//! means a disk read, and several of those must be able to wait at once without stalling
-//! the threads that serve hits from memory. Index scans (eager revalidation) and loading
-//! the marks (start-up) run inline.
+//! Lookups of pages run on the calling thread while the store is served from the OS page
+//! cache (handing a read to another thread costs more than the read), and on tokio's
+//! blocking pool when they would wait for the disk, so that several disk reads wait at
+//! once without stalling the threads that serve hits from memory: see [`InlineReads`].
+//! Index scans (eager revalidation) and loading the marks (start-up) run inline.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::segments::{decode_row, encode_row, Appender, Extent, Missing, Segments, SEGMENT_BYTES};
+use super::segments::{decode_row, encode_row, Appender, Extent, Segments, Unread, SEGMENT_BYTES};
 use super::{Store, StoreError, StoreFuture, StoreStats};
 use crate::entry::{Encoding, Entry, Meta};
 use crate::policy::Mark;
@@ -68,6 +70,7 @@ pub struct RedbStore {
     path: std::path::PathBuf,
     db: Slot,
     segs: Arc<Segments>,
+    inline: InlineReads,
     marks: Arc<super::marks::MarkLog>,
     writer: mpsc::Sender<Write>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -141,6 +144,7 @@ impl RedbStore {
             path,
             db,
             segs,
+            inline: InlineReads::new(),
             marks,
             writer: tx,
             thread: Some(thread),
@@ -527,7 +531,7 @@ impl Writer {
                         continue;
                     }
                 };
-                let [i, b, g] = self.segs.read(&old)?.map_err(|_| {
+                let [i, b, g] = self.segs.read(&old, true)?.map_err(|_| {
                     StoreError::Failed(format!("segment {seg} went away while compacted"))
                 })?;
                 let new = self.append([&i, &b, &g])?;
@@ -567,6 +571,94 @@ fn claim(
         *delta.entry(ext.seg).or_default() += ext.len() as i64;
     }
     Ok(())
+}
+
+/// Reads the entry stored under `key`. Unless `wait`, it returns [`Unread::WouldBlock`]
+/// rather than wait for the disk to read its bodies.
+fn read_entry(
+    slot: &Slot,
+    segs: &Segments,
+    key: &str,
+    wait: bool,
+) -> Result<Result<Option<Entry>, Unread>, StoreError> {
+    // Another try only when the extent was in a segment compacted away since the
+    // snapshot: the next snapshot has where it moved.
+    for _ in 0..3 {
+        let txn = current(slot)?.begin_read().map_err(err)?;
+        let meta = txn.open_table(META).map_err(err)?;
+        let Some(row) = meta.get(key).map_err(err)? else {
+            return Ok(Ok(None));
+        };
+        let (ext, m) = decode_row(row.value())?;
+        let m = Meta::from_bytes(m).map_err(err)?;
+        let [identity, br, gzip] = match ext {
+            Some(ext) => match segs.read(&ext, wait)? {
+                Ok(bodies) => bodies,
+                Err(Unread::Moved) => continue,
+                Err(Unread::WouldBlock) => return Ok(Err(Unread::WouldBlock)),
+            },
+            None => read_chunks(&txn, key, &m)?,
+        };
+        let (br, gzip) = (m.br.then_some(br), m.gzip.then_some(gzip));
+        return Ok(Ok(Some(Entry::new(m, identity, br, gzip))));
+    }
+    Err(StoreError::Failed(format!(
+        "the bodies of {key} kept moving while read"
+    )))
+}
+
+/// Whether page reads run on the calling thread. They do while the store's pages come from
+/// the OS page cache: a read then costs less than handing it to another thread, and
+/// bodies are read with `RWF_NOWAIT`, so a body not in the page cache goes to the
+/// blocking pool anyway. The metadata lookup cannot be asked not to wait, so reads are
+/// timed: [`SLOW_STREAK`] inline reads in a row slower than [`SLOW_READ`] mean the
+/// metadata comes from the disk, and send the reads of the next [`BLOCKING_FOR`] to the
+/// blocking pool, where disk reads wait side by side without stalling the threads that
+/// serve hits. (One slow read alone is more often the thread being preempted.)
+struct InlineReads {
+    base: std::time::Instant,
+    /// Nanoseconds after `base` before which reads go to the blocking pool.
+    not_before: AtomicU64,
+    /// Slow inline reads in a row.
+    slow: AtomicU64,
+}
+
+/// An inline read slower than this may have waited for the disk.
+const SLOW_READ: std::time::Duration = std::time::Duration::from_millis(1);
+/// Slow inline reads in a row that send reads to the blocking pool.
+const SLOW_STREAK: u64 = 3;
+/// How long reads go to the blocking pool then. Short, so a streak of preemptions costs
+/// little; on a store that does wait for the disk, a few reads a second still wait
+/// inline.
+const BLOCKING_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl InlineReads {
+    fn new() -> InlineReads {
+        InlineReads {
+            base: std::time::Instant::now(),
+            not_before: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+        }
+    }
+
+    /// When a read may run inline: the time it starts.
+    fn allowed(&self) -> Option<std::time::Instant> {
+        let now = std::time::Instant::now();
+        let since = now.duration_since(self.base).as_nanos() as u64;
+        (since >= self.not_before.load(Ordering::Relaxed)).then_some(now)
+    }
+
+    /// Records how long an inline read that started at `started` took.
+    fn took(&self, started: std::time::Instant) {
+        if started.elapsed() <= SLOW_READ {
+            self.slow.store(0, Ordering::Relaxed);
+        } else if self.slow.fetch_add(1, Ordering::Relaxed) + 1 >= SLOW_STREAK {
+            self.slow.store(0, Ordering::Relaxed);
+            let until = started.duration_since(self.base) + BLOCKING_FOR;
+            self.not_before
+                .store(until.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The metadata in a `meta` row.
@@ -613,32 +705,15 @@ fn blocking<T: Send + 'static>(
 
 impl Store for RedbStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
-        let (slot, segs, key) = (self.db.clone(), self.segs.clone(), key.to_string());
-        blocking(move || {
-            // Another try only when the extent was in a segment compacted away since the
-            // snapshot: the next snapshot has where it moved.
-            for _ in 0..3 {
-                let txn = current(&slot)?.begin_read().map_err(err)?;
-                let meta = txn.open_table(META).map_err(err)?;
-                let Some(row) = meta.get(key.as_str()).map_err(err)? else {
-                    return Ok(None);
-                };
-                let (ext, m) = decode_row(row.value())?;
-                let m = Meta::from_bytes(m).map_err(err)?;
-                let [identity, br, gzip] = match ext {
-                    Some(ext) => match segs.read(&ext)? {
-                        Ok(bodies) => bodies,
-                        Err(Missing) => continue,
-                    },
-                    None => read_chunks(&txn, &key, &m)?,
-                };
-                let (br, gzip) = (m.br.then_some(br), m.gzip.then_some(gzip));
-                return Ok(Some(Entry::new(m, identity, br, gzip)));
+        if let Some(started) = self.inline.allowed() {
+            let read = read_entry(&self.db, &self.segs, key, false);
+            if !matches!(read, Ok(Err(Unread::WouldBlock))) {
+                self.inline.took(started);
+                return Box::pin(std::future::ready(read.map(|r| r.unwrap_or(None))));
             }
-            Err(StoreError::Failed(format!(
-                "the bodies of {key} kept moving while read"
-            )))
-        })
+        }
+        let (slot, segs, key) = (self.db.clone(), self.segs.clone(), key.to_string());
+        blocking(move || Ok(read_entry(&slot, &segs, &key, true)?.unwrap_or(None)))
     }
 
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
@@ -1026,6 +1101,30 @@ mod tests {
             assert_eq!(e.identity(), Bytes::from(body(k, latest(k))));
         }
         assert_eq!(s.keys_with_tag("all").await.unwrap().len(), 40);
+    }
+
+    #[test]
+    fn only_a_streak_of_slow_inline_reads_sends_reads_to_the_blocking_pool() {
+        let reads = InlineReads::new();
+        let slow = || std::time::Instant::now() - 2 * SLOW_READ;
+        let fast = std::time::Instant::now;
+        for _ in 0..10 {
+            reads.took(slow());
+            reads.took(slow());
+            reads.took(fast());
+        }
+        assert!(
+            reads.allowed().is_some(),
+            "preempted now and then: still inline"
+        );
+        for _ in 0..SLOW_STREAK {
+            assert!(reads.allowed().is_some());
+            reads.took(slow());
+        }
+        assert!(
+            reads.allowed().is_none(),
+            "waiting for the disk: blocking pool"
+        );
     }
 
     #[tokio::test]

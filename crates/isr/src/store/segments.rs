@@ -16,7 +16,7 @@
 //! with no live bytes is deleted.
 //!
 //! Readers share one open handle per segment. A reader that found an extent in a segment
-//! deleted since (its snapshot predates the move) sees [`Missing`] and reads again: the
+//! deleted since (its snapshot predates the move) sees [`Unread::Moved`] and reads again: the
 //! newer snapshot has the new extent. Segment numbers are never reused.
 
 use std::collections::{BTreeMap, HashMap};
@@ -89,9 +89,15 @@ pub(super) fn decode_row(row: &[u8]) -> Result<(Option<Extent>, &[u8]), StoreErr
     Ok((Some(ext), &row[HEADER..]))
 }
 
-/// The extent was in a segment deleted since the reader's snapshot: read the row again.
-#[derive(Debug)]
-pub(super) struct Missing;
+/// Why [`Segments::read`] returned no bodies.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Unread {
+    /// The extent was in a segment deleted since the reader's snapshot: read the row
+    /// again.
+    Moved,
+    /// Asked not to wait, and the bytes are not all in the page cache.
+    WouldBlock,
+}
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Failed(format!("{what} {}: {e}", path.display()))
@@ -152,17 +158,34 @@ impl Segments {
     }
 
     /// Reads the three bodies of `ext`, each into a buffer of exactly its size, in one
-    /// system call when the kernel returns it all at once.
-    pub(super) fn read(&self, ext: &Extent) -> Result<Result<[Bytes; 3], Missing>, StoreError> {
+    /// system call when the kernel returns it all at once. Unless `wait`, it reads only what
+    /// the page cache holds (`RWF_NOWAIT`) and returns [`Unread::WouldBlock`] instead of
+    /// waiting for the disk.
+    pub(super) fn read(
+        &self,
+        ext: &Extent,
+        wait: bool,
+    ) -> Result<Result<[Bytes; 3], Unread>, StoreError> {
         if ext.len() == 0 {
             return Ok(Ok(Default::default()));
         }
         let Some(file) = self.file(ext.seg) else {
-            return Ok(Err(Missing));
+            return Ok(Err(Unread::Moved));
         };
         let mut bufs = ext.lens.map(|l| vec![0u8; l as usize]);
-        read_exact_at(&file, &mut bufs, ext.off)
-            .map_err(|e| io_err("cannot read", &self.dir.join(name(ext.seg)), e))?;
+        if wait {
+            read_exact_at(&file, &mut bufs, ext.off)
+                .map_err(|e| io_err("cannot read", &self.dir.join(name(ext.seg)), e))?;
+        } else {
+            let mut slices = io_slices(&mut bufs);
+            let flags = rustix::io::ReadWriteFlags::NOWAIT;
+            // A short read, or any error: the waiting read on the blocking pool does it
+            // all again (and reports a real error).
+            match rustix::io::preadv2(&*file, &mut slices, ext.off, flags) {
+                Ok(n) if n as u64 == ext.len() => {}
+                _ => return Ok(Err(Unread::WouldBlock)),
+            }
+        }
         Ok(Ok(bufs.map(Bytes::from)))
     }
 
@@ -210,14 +233,18 @@ impl Segments {
     }
 }
 
+/// The non-empty buffers of `bufs`, for a vectored read.
+fn io_slices(bufs: &mut [Vec<u8>; 3]) -> Vec<IoSliceMut<'_>> {
+    bufs.iter_mut()
+        .filter(|b| !b.is_empty())
+        .map(|b| IoSliceMut::new(b))
+        .collect()
+}
+
 /// Fills `bufs` from `off` on: one `preadv`, then plain reads for whatever a short read
 /// left.
 fn read_exact_at(file: &File, bufs: &mut [Vec<u8>; 3], off: u64) -> std::io::Result<()> {
-    let mut slices: Vec<IoSliceMut<'_>> = bufs
-        .iter_mut()
-        .filter(|b| !b.is_empty())
-        .map(|b| IoSliceMut::new(b))
-        .collect();
+    let mut slices = io_slices(bufs);
     let mut got = rustix::io::preadv(file, &mut slices, off)?;
     drop(slices);
     let mut at = off;
@@ -358,16 +385,21 @@ mod tests {
         let empty = app.append([b"", b"", b""]).unwrap();
         app.sync().unwrap();
         assert_eq!((a.seg, a.off, b.seg, b.off), (1, 0, 2, 0));
-        let [i, br, gz] = segs.read(&a).unwrap().unwrap();
+        let [i, br, gz] = segs.read(&a, true).unwrap().unwrap();
         assert_eq!(
             (&i[..], &br[..], gz.len()),
             (&b"0123456789"[..], &b"br"[..], 0)
         );
-        let [i, _, gz] = segs.read(&b).unwrap().unwrap();
+        let [i, _, gz] = segs.read(&b, true).unwrap().unwrap();
         assert_eq!((i.len(), &gz[..]), (95, &b"gz"[..]));
-        assert_eq!(segs.read(&empty).unwrap().unwrap()[0].len(), 0);
+        // Not waiting, it reads the same bytes, or none if they are not in the page cache.
+        match segs.read(&b, false).unwrap() {
+            Ok(bodies) => assert_eq!(bodies, [i, Bytes::new(), gz]),
+            Err(e) => assert_eq!(e, Unread::WouldBlock),
+        }
+        assert_eq!(segs.read(&empty, true).unwrap().unwrap()[0].len(), 0);
         segs.delete(1).unwrap();
-        assert!(segs.read(&a).unwrap().is_err());
+        assert_eq!(segs.read(&a, true).unwrap(), Err(Unread::Moved));
         // Reopened, appends go on at the end of the newest segment.
         let (segs, sizes) = Segments::open(dir.path()).unwrap();
         assert_eq!(sizes.into_iter().collect::<Vec<_>>(), [(2, 97)]);
