@@ -381,10 +381,14 @@ impl Writer {
                                 && o.gzip == entry.meta.gzip
                         })
                 });
-                if let Some(old) = &old {
-                    for t in &old.tags {
-                        tags.remove((t.as_str(), k)).map_err(err)?;
-                    }
+                // Only the tags that changed touch the index (a regeneration mostly keeps
+                // them all, and an unchanged row would still be rewritten).
+                let old_tags = old.as_ref().map_or(&[][..], |o| &o.tags[..]);
+                for t in old_tags.iter().filter(|t| !entry.meta.tags.contains(t)) {
+                    tags.remove((t.as_str(), k)).map_err(err)?;
+                }
+                for t in entry.meta.tags.iter().filter(|t| !old_tags.contains(t)) {
+                    tags.insert((t.as_str(), k), ()).map_err(err)?;
                 }
                 let ext = match kept {
                     Some(ext) => ext,
@@ -412,9 +416,6 @@ impl Writer {
                 };
                 meta.insert(k, encode_row(&ext, &entry.meta.to_bytes()).as_slice())
                     .map_err(err)?;
-                for t in &entry.meta.tags {
-                    tags.insert((t.as_str(), k), ()).map_err(err)?;
-                }
                 results.push(true);
             }
         }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Hits on the spread (1,000 URLs of 16 KiB, revalidate = 60 s) in WINDOWS 10 s windows in a
+# row, so that one window holds the burst of 1,000 regenerations a minute after warm-up;
+# prints each window's rps, p99 and the origin requests made during it.
+#   bash bench/regen_windows.sh [ORIGIN_CPU] [WINDOWS]   (isr on CPU 0, wrk on CPU 1)
+set -euo pipefail
+origin_cpu=${1:-1}
+windows=${2:-8}
+cd "$(dirname "$0")/.."
+cargo build --release -q --bin isr --example bench_origin
+dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
+cat > "$dir/isr.toml" <<EOT
+listen = "127.0.0.1:19405"
+origin = "http://127.0.0.1:19400"
+data_dir = "$dir/data"
+[cache]
+memory = "256MiB"
+[[route]]
+match = "/page/{n}"
+revalidate = 60
+EOT
+taskset -c "$origin_cpu" ./target/release/examples/bench_origin serve 127.0.0.1:19400 >/dev/null 2>&1 &
+ISR_LOG=warn taskset -c 0 ./target/release/isr serve --config "$dir/isr.toml" >/dev/null 2>&1 &
+until curl -sf -o /dev/null http://127.0.0.1:19405/page/0; do sleep 0.05; done
+PREFIX=/page/ PAGES=1000 taskset -c 1 wrk -t1 -c64 -d5s -s bench/spread.lua http://127.0.0.1:19405/ >/dev/null
+for w in $(seq 1 "$windows"); do
+  before=$(curl -s http://127.0.0.1:19400/_count)
+  out=$(PREFIX=/page/ PAGES=1000 taskset -c 1 wrk -t1 -c64 -d10s --latency -s bench/spread.lua http://127.0.0.1:19405/)
+  after=$(curl -s http://127.0.0.1:19400/_count)
+  echo "window $w: $(echo "$out" | awk '/Requests\/sec/ {print $2}') rps, p99 $(echo "$out" | awk '$1 == "99%" {print $2}'), origin requests $((after - before))"
+done
