@@ -313,3 +313,35 @@ async fn a_visitor_never_queues_behind_background_regenerations() {
         started.elapsed()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn background_regenerations_queue_at_most_64_per_slot_and_the_rest_wait_for_a_later_hit() {
+    let origin = Origin::start().await;
+    let e = engine(&origin).await;
+    // regen_concurrency = 2: room for 128 background regenerations waiting or running.
+    let keys: Vec<String> = (0..200).map(|i| format!("/blog/q{i}")).collect();
+    for k in &keys {
+        serve(&e, k).await;
+        origin.set(
+            k,
+            Spec {
+                delay: Duration::from_secs(1),
+                ..Default::default()
+            },
+        );
+    }
+    tokio::time::advance(Duration::from_secs(60)).await;
+    for k in &keys {
+        assert_eq!(serve(&e, k).await.0, "STALE");
+    }
+    // 64 rounds of two one-second fetches drain the queue.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let regenerated: Vec<&String> = keys.iter().filter(|k| origin.count(k) == 2).collect();
+    assert_eq!(regenerated.len(), 128, "the other 72 were not queued");
+    // A later stale hit on a page that found no room starts its regeneration then.
+    let skipped = keys.iter().find(|k| origin.count(k) == 1).unwrap();
+    assert_eq!(serve(&e, skipped).await.0, "STALE");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(origin.count(skipped), 2);
+    assert_eq!(serve(&e, skipped).await.0, "HIT");
+}

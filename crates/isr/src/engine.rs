@@ -153,6 +153,10 @@ pub struct Overdue {
 /// How many overdue pages a scan keeps for the admin page.
 pub const OVERDUE_LISTED: usize = 1000;
 
+/// Background regenerations that may wait for a slot or run at once, per slot of
+/// `regen_concurrency` (1,024 with the default 16).
+pub const QUEUED_PER_SLOT: usize = 64;
+
 struct Backoff {
     failures: u32,
     until: u64,
@@ -188,6 +192,9 @@ pub struct Engine {
     backoff: Mutex<HashMap<String, Backoff>>,
     uncacheable: quick_cache::sync::Cache<String, u64>,
     regen_slots: Arc<Semaphore>,
+    /// Places for background regenerations waiting for a slot or running
+    /// ([`QUEUED_PER_SLOT`] per slot).
+    regen_queue: Arc<Semaphore>,
     now: Now,
     metrics: Metrics,
     /// `refresh = "always"` pages by the time they go stale (earliest first).
@@ -298,6 +305,9 @@ impl Engine {
             hot: HotTier::new(cfg.cache.memory),
             source: std::sync::OnceLock::new(),
             regen_slots: Arc::new(Semaphore::new(cfg.cache.regen_concurrency)),
+            regen_queue: Arc::new(Semaphore::new(
+                cfg.cache.regen_concurrency.saturating_mul(QUEUED_PER_SLOT),
+            )),
             uncacheable: quick_cache::sync::Cache::new(10_000),
             flights: Mutex::default(),
             data_flights: Mutex::default(),
@@ -750,16 +760,22 @@ impl Engine {
 
     /// Starts a background regeneration unless one is running or the key is backing off.
     /// `window` is the current page's revalidate window (it caps the backoff).
+    /// When [`QUEUED_PER_SLOT`] background regenerations per slot already wait or run,
+    /// none starts: the page stays stale until a later request finds room (a slow or dead
+    /// origin behind many stale pages would otherwise queue a task for each of them).
     pub fn regenerate_in_background(self: &Arc<Self>, key: &str, window: Window) {
         if self.in_backoff(key, self.now()) {
             return;
         }
-        drop(self.start_flight(key, true, Some(window), None));
+        let Ok(place) = self.regen_queue.clone().try_acquire_owned() else {
+            return;
+        };
+        drop(self.start_flight(key, true, Some(window), None, Some(place)));
     }
 
     /// Joins the flight for `key`, starting one if none runs, and waits for its outcome.
     async fn join_flight(self: &Arc<Self>, key: &str, copy: Option<Window>) -> Outcome {
-        let mut rx = self.start_flight(key, false, copy, None);
+        let mut rx = self.start_flight(key, false, copy, None, None);
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
             Ok(Some(o)) => o,
@@ -781,6 +797,7 @@ impl Engine {
         background: bool,
         copy: Option<Window>,
         permit: Option<OwnedSemaphorePermit>,
+        place: Option<OwnedSemaphorePermit>,
     ) -> watch::Receiver<Option<Outcome>> {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = flights.get(key) {
@@ -803,6 +820,7 @@ impl Engine {
             engine: self.clone(),
             key: key.to_string(),
             tx,
+            _place: place,
         };
         tokio::spawn(async move {
             // Background work waits for a regeneration slot, unless a visitor starts
@@ -1267,7 +1285,7 @@ impl Engine {
                 Ok(Some(m)) => m.revalidate,
                 _ => rules.revalidate.unwrap_or(self.cfg.cache.revalidate),
             };
-            flights.push(self.start_flight(&k, true, Some(window), Some(permit)));
+            flights.push(self.start_flight(&k, true, Some(window), Some(permit), None));
         }
         flights
     }
@@ -1325,6 +1343,8 @@ struct FlightGuard {
     engine: Arc<Engine>,
     key: String,
     tx: watch::Sender<Option<Outcome>>,
+    /// A background regeneration's place in the queue, given back when it ends.
+    _place: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for FlightGuard {
