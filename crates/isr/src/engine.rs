@@ -163,6 +163,62 @@ struct Backoff {
     last_error: String,
 }
 
+/// Most pages a backoff is kept for at once. A dead origin behind a large store fails
+/// every page visited; past this, a failing page retries at its next stale hit, within
+/// the bounded queue of background regenerations.
+const BACKOFFS_KEPT: usize = 100_000;
+
+/// Failing pages: how many regenerations of each failed in a row, and when it may be
+/// tried again.
+struct Backoffs {
+    map: HashMap<String, Backoff>,
+    cap: usize,
+    /// When backoffs past their retry time may next be swept out to make room (unix ms).
+    sweep_at: u64,
+}
+
+impl Backoffs {
+    fn new(cap: usize) -> Backoffs {
+        Backoffs {
+            map: HashMap::new(),
+            cap,
+            sweep_at: 0,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&Backoff> {
+        self.map.get(key)
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.map.remove(key);
+    }
+
+    /// Records a failed regeneration of `key`: its backoff, or `None` when `cap` pages
+    /// are backing off already (those past their retry time are swept out, at most once
+    /// a second, to make room).
+    fn record(&mut self, key: &str, now: u64, window: Window, why: &str) -> Option<&Backoff> {
+        if self.map.len() >= self.cap && !self.map.contains_key(key) {
+            if now >= self.sweep_at {
+                self.map.retain(|_, b| b.until > now);
+                self.sweep_at = now + 1000;
+            }
+            if self.map.len() >= self.cap {
+                return None;
+            }
+        }
+        let b = self.map.entry(key.to_string()).or_insert(Backoff {
+            failures: 0,
+            until: 0,
+            last_error: String::new(),
+        });
+        b.failures += 1;
+        why.clone_into(&mut b.last_error);
+        b.until = now + policy::backoff_ms(b.failures, window);
+        Some(b)
+    }
+}
+
 /// An on-demand revalidation request, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Revalidation {
@@ -189,7 +245,7 @@ pub struct Engine {
     source: std::sync::OnceLock<Arc<dyn Source>>,
     flights: Mutex<HashMap<String, Flight>>,
     data_flights: crate::data::DataFlights,
-    backoff: Mutex<HashMap<String, Backoff>>,
+    backoff: Mutex<Backoffs>,
     uncacheable: quick_cache::sync::Cache<String, u64>,
     regen_slots: Arc<Semaphore>,
     /// Places for background regenerations waiting for a slot or running
@@ -216,6 +272,8 @@ pub struct Engine {
     /// Store errors are logged once a minute (a full disk fails every write).
     quiet_reads: Quiet,
     quiet_writes: Quiet,
+    /// Regeneration failures are logged at most [`FAILURES_LOGGED_PER_S`] a second.
+    quiet_regens: Burst,
 }
 
 /// Lets a recurring error be logged at most once a minute, counting the ones it holds back.
@@ -235,6 +293,35 @@ impl Quiet {
                 .compare_exchange(next, now + 60_000, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Lets at most [`FAILURES_LOGGED_PER_S`] regeneration failures a second be logged, each
+/// with the count held back since the one before (a dead origin behind many stale pages
+/// fails thousands a second; a page or two failing are all logged).
+#[derive(Default)]
+struct Burst {
+    second: AtomicU64,
+    used: AtomicU64,
+    held_back: AtomicU64,
+}
+
+/// See [`Burst`].
+const FAILURES_LOGGED_PER_S: u64 = 10;
+
+impl Burst {
+    /// `Some(failures held back since the last log)` when this one should be logged.
+    fn admit(&self, now: u64) -> Option<u64> {
+        let second = now / 1000;
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < FAILURES_LOGGED_PER_S {
             Some(self.held_back.swap(0, Ordering::Relaxed))
         } else {
             self.held_back.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +398,7 @@ impl Engine {
             uncacheable: quick_cache::sync::Cache::new(10_000),
             flights: Mutex::default(),
             data_flights: Mutex::default(),
-            backoff: Mutex::default(),
+            backoff: Mutex::new(Backoffs::new(BACKOFFS_KEPT)),
             clock,
             store,
             cfg,
@@ -325,6 +412,7 @@ impl Engine {
             any_dropped: Default::default(),
             quiet_reads: Quiet::default(),
             quiet_writes: Quiet::default(),
+            quiet_regens: Burst::default(),
             cdn: Cdns::start(
                 cfg_cdns
                     .into_iter()
@@ -1136,21 +1224,29 @@ impl Engine {
     pub(crate) fn record_failure(&self, key: &str, window: Window, why: &str) {
         let now = self.now();
         let mut map = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        let b = map.entry(key.to_string()).or_insert(Backoff {
-            failures: 0,
-            until: 0,
-            last_error: String::new(),
-        });
-        b.failures += 1;
-        b.last_error = why.to_string();
-        b.until = now + policy::backoff_ms(b.failures, window);
-        tracing::warn!(
-            key,
-            reason = why,
-            failures = b.failures,
-            retry_in_ms = b.until - now,
-            "regeneration failed; still serving the last good page"
-        );
+        let backoff = map
+            .record(key, now, window, why)
+            .map(|b| (b.failures, b.until - now));
+        drop(map);
+        let Some(more) = self.quiet_regens.admit(now) else {
+            return;
+        };
+        match backoff {
+            Some((failures, retry_in_ms)) => tracing::warn!(
+                key,
+                reason = why,
+                failures,
+                retry_in_ms,
+                more_since_last_log = more,
+                "regeneration failed; still serving the last good page"
+            ),
+            None => tracing::warn!(
+                key,
+                reason = why,
+                more_since_last_log = more,
+                "regeneration failed; still serving the last good page (too many pages failing to back each off)"
+            ),
+        }
     }
 
     /// Applies an on-demand revalidation; returns its timestamp (unix ms).
@@ -1357,5 +1453,47 @@ impl Drop for FlightGuard {
         if self.tx.borrow().is_none() {
             let _ = self.tx.send(Some(self.engine.abandoned()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoffs_are_bounded_and_make_room_by_dropping_those_past_their_retry() {
+        let mut b = Backoffs::new(2);
+        assert_eq!(
+            b.record("/a", 0, Some(60_000), "down").unwrap().until,
+            3_000
+        );
+        assert_eq!(
+            b.record("/a", 3_000, Some(60_000), "down")
+                .unwrap()
+                .failures,
+            2
+        );
+        b.record("/b", 3_000, Some(60_000), "down").unwrap();
+        // Full, and both still backing off: no room for a third page.
+        assert!(b.record("/c", 3_500, Some(60_000), "down").is_none());
+        // Past /b's retry time (6 s), a sweep makes room; /a (retry at 9 s) stays.
+        assert!(b.record("/c", 7_000, Some(60_000), "down").is_some());
+        assert_eq!(b.get("/a").unwrap().failures, 2);
+        assert!(b.get("/b").is_none());
+        // A page already backing off is always recorded.
+        assert_eq!(
+            b.record("/a", 7_000, Some(60_000), "still down")
+                .unwrap()
+                .failures,
+            3
+        );
+    }
+
+    #[test]
+    fn regeneration_failures_are_logged_ten_a_second_with_the_count_held_back() {
+        let burst = Burst::default();
+        let admitted: Vec<Option<u64>> = (0..15).map(|_| burst.admit(5_000)).collect();
+        assert_eq!(admitted.iter().filter(|a| a.is_some()).count(), 10);
+        assert_eq!(burst.admit(6_000), Some(5));
     }
 }
