@@ -1077,7 +1077,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open_with(dir.path(), 4096).unwrap();
         let body = |k: usize, v: u64| format!("{k:04}:{v:04}:").repeat(100);
-        let latest = |k: usize| if k % 4 == 0 { 1 } else { 5 };
+        let latest = |k: usize| if k.is_multiple_of(4) { 1 } else { 5 };
         // Four 1,000-byte pages per segment; then three of every four are rewritten, so the
         // first ten segments are left a quarter full (no segment ever empties by itself).
         for v in 1..=5u64 {
