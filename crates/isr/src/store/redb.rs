@@ -355,14 +355,14 @@ impl Writer {
                     same_bodies,
                 } = &w.op;
                 let k = key.as_str();
-                let stored = match meta.get(k).map_err(err)? {
+                // `legacy`: stored by an earlier version, its bodies in the chunk table.
+                let (old_ext, old, legacy) = match meta.get(k).map_err(err)? {
                     Some(row) => {
                         let (ext, m) = decode_row(row.value())?;
-                        Some((ext, Meta::from_bytes(m).ok()))
+                        (ext, Meta::from_bytes(m).ok(), ext.is_none())
                     }
-                    None => None,
+                    None => (None, None, false),
                 };
-                let (old_ext, old) = stored.clone().unwrap_or_default();
                 if old
                     .as_ref()
                     .is_some_and(|o| o.generated > entry.meta.generated)
@@ -395,7 +395,7 @@ impl Writer {
                     None => {
                         match old_ext {
                             Some(o) => release(&mut extents, &mut delta, &o)?,
-                            None if stored.is_some() => {
+                            None if legacy => {
                                 for e in Encoding::ALL {
                                     let range = (k, e.code(), 0)..=(k, e.code(), u32::MAX);
                                     chunks.retain_in(range, |_, _| false).map_err(err)?;
