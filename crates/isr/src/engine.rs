@@ -273,55 +273,54 @@ pub struct Engine {
     quiet_reads: Quiet,
     quiet_writes: Quiet,
     /// Regeneration failures are logged at most [`FAILURES_LOGGED_PER_S`] a second.
-    quiet_regens: Burst,
+    quiet_regens: Quiet,
 }
 
-/// Lets a recurring error be logged at most once a minute, counting the ones it holds back.
-#[derive(Default)]
+/// Lets a recurring error be logged at most `limit` times per `every_ms`, the window
+/// starting at the first one logged, each with the count held back since the one before.
 struct Quiet {
+    every_ms: u64,
+    limit: u64,
+    /// When the current window ends (unix ms).
     next_at: AtomicU64,
-    held_back: AtomicU64,
-}
-
-impl Quiet {
-    /// `Some(errors held back since the last log)` when this one should be logged.
-    fn admit(&self, now: u64) -> Option<u64> {
-        let next = self.next_at.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_at
-                .compare_exchange(next, now + 60_000, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.held_back.swap(0, Ordering::Relaxed))
-        } else {
-            self.held_back.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
-/// Lets at most [`FAILURES_LOGGED_PER_S`] regeneration failures a second be logged, each
-/// with the count held back since the one before (a dead origin behind many stale pages
-/// fails thousands a second; a page or two failing are all logged).
-#[derive(Default)]
-struct Burst {
-    second: AtomicU64,
+    /// Logged in the current window (starts at `limit`, so nothing is logged before the
+    /// first window opens).
     used: AtomicU64,
     held_back: AtomicU64,
 }
 
-/// See [`Burst`].
+/// Regeneration failures logged per second at most (a dead origin behind many stale pages
+/// fails thousands a second; a page or two failing are all logged).
 const FAILURES_LOGGED_PER_S: u64 = 10;
 
-impl Burst {
-    /// `Some(failures held back since the last log)` when this one should be logged.
-    fn admit(&self, now: u64) -> Option<u64> {
-        let second = now / 1000;
-        if self.second.swap(second, Ordering::Relaxed) != second {
-            self.used.store(0, Ordering::Relaxed);
+impl Quiet {
+    fn new(every_ms: u64, limit: u64) -> Quiet {
+        Quiet {
+            every_ms,
+            limit,
+            next_at: AtomicU64::new(0),
+            used: AtomicU64::new(limit),
+            held_back: AtomicU64::new(0),
         }
-        if self.used.fetch_add(1, Ordering::Relaxed) < FAILURES_LOGGED_PER_S {
+    }
+
+    /// `Some(errors held back since the last log)` when this one should be logged.
+    fn admit(&self, now: u64) -> Option<u64> {
+        let next = self.next_at.load(Ordering::Relaxed);
+        let opens = now >= next
+            && self
+                .next_at
+                .compare_exchange(
+                    next,
+                    now + self.every_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if opens {
+            self.used.store(1, Ordering::Relaxed);
+        }
+        if opens || self.used.fetch_add(1, Ordering::Relaxed) < self.limit {
             Some(self.held_back.swap(0, Ordering::Relaxed))
         } else {
             self.held_back.fetch_add(1, Ordering::Relaxed);
@@ -410,9 +409,9 @@ impl Engine {
             last_mark: AtomicU64::new(last),
             dropped: Default::default(),
             any_dropped: Default::default(),
-            quiet_reads: Quiet::default(),
-            quiet_writes: Quiet::default(),
-            quiet_regens: Burst::default(),
+            quiet_reads: Quiet::new(60_000, 1),
+            quiet_writes: Quiet::new(60_000, 1),
+            quiet_regens: Quiet::new(1_000, FAILURES_LOGGED_PER_S),
             cdn: Cdns::start(
                 cfg_cdns
                     .into_iter()
@@ -1491,9 +1490,14 @@ mod tests {
 
     #[test]
     fn regeneration_failures_are_logged_ten_a_second_with_the_count_held_back() {
-        let burst = Burst::default();
+        let burst = Quiet::new(1_000, FAILURES_LOGGED_PER_S);
         let admitted: Vec<Option<u64>> = (0..15).map(|_| burst.admit(5_000)).collect();
         assert_eq!(admitted.iter().filter(|a| a.is_some()).count(), 10);
         assert_eq!(burst.admit(6_000), Some(5));
+        // Store errors: once a minute.
+        let minute = Quiet::new(60_000, 1);
+        assert_eq!(minute.admit(1_000), Some(0));
+        assert_eq!((minute.admit(2_000), minute.admit(60_999)), (None, None));
+        assert_eq!(minute.admit(61_000), Some(2));
     }
 }
