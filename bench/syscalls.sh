@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# System calls per request on one hot 16 KiB URL, counted with perf's syscall tracepoints
-# (needs perf and tracefs; run as root), for nginx serving the page as a static file and
-# for each isr binary given. Server on CPU 0, wrk -t1 -c64 -d3s on CPU 1.
-#   bash bench/syscalls.sh BINARY...
+# System calls per request on one hot URL (16 KiB; URL=/big/1 for 128 KiB), counted with
+# perf's syscall tracepoints (needs perf and tracefs; run as root), for nginx serving the
+# page as a static file and for each isr binary given. Server on CPU 0, wrk -t1 -c64 -d3s
+# on CPU 1.
+#   [URL=/big/1] bash bench/syscalls.sh BINARY...
 set -euo pipefail
 cd "$(dirname "$0")/.."
+url=${URL:-/page/1}
 cargo build --release -q --example bench_origin
 dir=$(mktemp -d)
 pids=()
@@ -12,8 +14,8 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 taskset -c 1 ./target/release/examples/bench_origin serve 127.0.0.1:19400 >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.3
-mkdir -p "$dir/static/page"
-curl -s -o "$dir/static/page/1" http://127.0.0.1:19400/page/1
+mkdir -p "$dir/static${url%/*}"
+curl -s -o "$dir/static$url" "http://127.0.0.1:19400$url"
 cat > "$dir/nginx.conf" <<EOT
 daemon off; worker_processes 1; error_log stderr warn; pid $dir/nginx.pid;
 events { worker_connections 4096; }
@@ -30,7 +32,7 @@ listen = "127.0.0.1:19401"
 origin = "http://127.0.0.1:19400"
 data_dir = "$dir/data"
 [[route]]
-match = "/page/{n}"
+match = "${url%/*}/{n}"
 revalidate = 60
 EOT
 calls=(recvfrom sendto sendfile64 writev setsockopt epoll_wait)
@@ -53,14 +55,14 @@ count() {
 taskset -c 0 nginx -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.5
-count nginx-static "$(pgrep -f 'nginx: worker' -P "$(cat "$dir/nginx.pid")")" http://127.0.0.1:19402/page/1
+count nginx-static "$(pgrep -f 'nginx: worker' -P "$(cat "$dir/nginx.pid")")" "http://127.0.0.1:19402$url"
 for bin in "$@"; do
   rm -rf "$dir/data"
   ISR_SECRET=x ISR_LOG=warn taskset -c 0 "$bin" serve --config "$dir/isr.toml" >/dev/null 2>&1 &
   pid=$!
-  until curl -sf -o /dev/null http://127.0.0.1:19401/page/1; do sleep 0.05; done
-  curl -s -o /dev/null http://127.0.0.1:19401/page/1
-  count "$bin" "$pid" http://127.0.0.1:19401/page/1
+  until curl -sf -o /dev/null "http://127.0.0.1:19401$url"; do sleep 0.05; done
+  curl -s -o /dev/null "http://127.0.0.1:19401$url"
+  count "$bin" "$pid" "http://127.0.0.1:19401$url"
   kill $pid
   wait $pid 2>/dev/null || true
 done

@@ -1181,7 +1181,7 @@ async fn one_connection_serves_hits_then_a_miss_then_hits_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn large_pages_are_sent_whole_from_page_files_to_fast_and_slow_readers() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let origin = Origin::start().await;
     // 256 KiB of pseudo-random hex: its Brotli and gzip variants are large too, so all
     // three bodies go to page files.
@@ -1241,31 +1241,9 @@ async fn large_pages_are_sent_whole_from_page_files_to_fast_and_slow_readers() {
     s.write_all(b"GET /blog/big HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br\r\nConnection: keep-alive\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let body_at = loop {
-        let mut chunk = [0u8; 65536];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&chunk[..n]);
-        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        if got.len() >= end + 4 + len {
-            break end + 4;
-        }
-    };
+    let (_, got) = common::read_response_bytes(&mut s).await;
     let mut out = Vec::new();
-    brotli::BrotliDecompress(&mut &got[body_at..], &mut out).unwrap();
+    brotli::BrotliDecompress(&mut &got[..], &mut out).unwrap();
     assert!(out == big.as_bytes(), "the Brotli body decodes to the page");
 
     // A reader that lets 5 MiB of responses pile up before it reads: the socket buffers
@@ -1301,6 +1279,98 @@ async fn large_pages_are_sent_whole_from_page_files_to_fast_and_slow_readers() {
         r.cache() == "HIT" && r.text() == newer && isr.page_files() == 3
     })
     .await;
+}
+
+/// `len` characters of pseudo-random hex from `seed` (compresses to about half).
+fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b"0123456789abcdef"[(x >> 60) as usize])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_not_kept_in_memory_are_sent_whole_from_the_store_in_every_encoding() {
+    let origin = Origin::start().await;
+    let pages: Vec<(String, String)> = (1..=3)
+        .map(|i| (format!("/blog/s{i}"), noise(i, 40_000 + 1000 * i as usize)))
+        .collect();
+    for (path, body) in &pages {
+        origin.set(
+            path,
+            Spec {
+                body: Some(body.clone()),
+                ..Default::default()
+            },
+        );
+    }
+    // No memory tier: every hit reads the page back from the store, and its bodies (all
+    // three over 16 KiB) are sent from the segment files, each at its own offset.
+    let config = common::CONFIG.replace(
+        "max_body = \"64KiB\"",
+        "max_body = \"1MiB\"\nmemory = \"0\"",
+    );
+    let isr = Isr::start_with(&origin, &config).await;
+    for (path, _) in &pages {
+        assert_eq!(isr.get(path).await.unwrap().cache(), "MISS");
+    }
+    // Pipelined on one connection (the hit lane), then one that hyper's path answers (it
+    // carries a request body), reading the body back.
+    let mut requests = String::new();
+    for (path, _) in pages.iter().chain(pages.iter().rev()) {
+        requests += &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    let (path, body) = &pages[1];
+    requests += &format!("GET {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+    let r = raw(&isr, &requests, 7).await;
+    let expected = pages.iter().chain(pages.iter().rev()).chain([&pages[1]]);
+    for (i, ((head, got), (_, body))) in r.iter().zip(expected).enumerate() {
+        assert!(head.contains("x-isr-cache: hit"), "{i}: {head}");
+        assert!(
+            got == body,
+            "response {i}: the body differs from the origin's"
+        );
+    }
+    assert_eq!(r[6].1, *body);
+
+    // The compressed variants, from the same segments.
+    use tokio::io::AsyncWriteExt;
+    for (path, body) in &pages {
+        for coding in ["br", "gzip"] {
+            let mut s = tokio::net::TcpStream::connect(isr.addr).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {coding}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let (head, bytes) = common::read_response_bytes(&mut s).await;
+            assert!(
+                head.contains(&format!("content-encoding: {coding}")),
+                "{head}"
+            );
+            let mut out = Vec::new();
+            if coding == "br" {
+                brotli::BrotliDecompress(&mut &bytes[..], &mut out).unwrap();
+            } else {
+                use std::io::Read;
+                flate2::read::GzDecoder::new(&bytes[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            assert!(
+                out == body.as_bytes(),
+                "{path} {coding} decodes to the page"
+            );
+        }
+    }
+    assert_eq!(isr.page_files(), 0, "nothing was copied into memory files");
+    assert!(pages.iter().all(|(p, _)| origin.count(p) == 1));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -487,6 +487,33 @@ pub async fn read_responses(
     out
 }
 
+/// Reads one whole response from `s`: its head (lowercased) and its body as bytes (for
+/// bodies that are not UTF-8, such as compressed ones).
+pub async fn read_response_bytes(s: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    loop {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before the whole response");
+        got.extend_from_slice(&chunk[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if got.len() >= end + 4 + len {
+            return (head, got[end + 4..end + 4 + len].to_vec());
+        }
+    }
+}
+
 /// The value of one series in metrics text, e.g. `isr_requests_total{state="HIT"}`.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()

@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p isr --example fill_store -- DIR COUNT [BYTES]`
 //! writes `/page/0` … `/page/COUNT-1` (BYTES of HTML each, default 1024), tagged
-//! `pages` and `page-group-<i % 100>`, generated now with a 1 hour window.
+//! `pages` and `page-group-<i % 100>`, generated now with a 24 hour window (long enough that a scale run never sees them stale).
 
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ async fn main() {
             status: 200,
             headers: vec![("content-type".into(), "text/html; charset=utf-8".into())],
             generated: now,
-            revalidate: Some(3_600_000),
+            revalidate: Some(86_400_000),
             expire: 365 * 86_400_000,
             tags: vec!["pages".into(), format!("page-group-{}", i % 100)],
             hash: isr::entry::hash(&body),

@@ -585,15 +585,25 @@ impl Engine {
         self.now.ms()
     }
 
-    /// The entry for `key` from the hot tier, else from the store (then kept hot).
+    /// The entry for `key` from the hot tier, else from the store: kept hot when the tier
+    /// admits it, else read to be sent once (its large bodies straight from the store's
+    /// files, where the store can).
     pub async fn lookup(&self, key: &str) -> Option<Arc<Entry>> {
         if let Some(e) = self.hot.get(key) {
             return Some(e);
         }
-        match self.store.get(key).await {
+        let keep = self.hot.admits(key);
+        let read = if keep {
+            self.store.get(key).await
+        } else {
+            self.store.get_to_send(key).await
+        };
+        match read {
             Ok(Some(e)) => {
                 let e = Arc::new(e);
-                self.hot.insert(key, e.clone());
+                if keep {
+                    self.hot.insert(key, e.clone());
+                }
                 Some(e)
             }
             Ok(None) => None,

@@ -97,13 +97,14 @@ impl Meta {
     }
 }
 
-/// One body variant: on the heap, or (large bodies in the memory tier) in a sealed
-/// memory file the hit lane sends with `sendfile`.
+/// One body variant: on the heap, or in a file the hit lane sends with `sendfile`: a
+/// sealed memory file (large bodies in the memory tier) or the store's own segment file
+/// (large bodies read from the store to be sent once, not kept).
 #[derive(Debug, Clone)]
 pub enum Body {
     /// In memory.
     Memory(Bytes),
-    /// In a page file ([`crate::page_file`]).
+    /// In a page file or a segment ([`crate::page_file`]).
     File(Arc<PageFile>),
 }
 
@@ -158,7 +159,22 @@ pub struct Entry {
 
 impl Entry {
     /// Assembles an entry from metadata and bodies (from a fetch or from the store).
-    pub fn new(mut meta: Meta, identity: Bytes, br: Option<Bytes>, gzip: Option<Bytes>) -> Entry {
+    pub fn new(meta: Meta, identity: Bytes, br: Option<Bytes>, gzip: Option<Bytes>) -> Entry {
+        Entry::with_bodies(
+            meta,
+            Body::Memory(identity),
+            br.map(Body::Memory),
+            gzip.map(Body::Memory),
+        )
+    }
+
+    /// Like [`Entry::new`], with bodies that may be in files.
+    pub(crate) fn with_bodies(
+        mut meta: Meta,
+        identity: Body,
+        br: Option<Body>,
+        gzip: Option<Body>,
+    ) -> Entry {
         meta.bytes = [Some(&identity), br.as_ref(), gzip.as_ref()]
             .into_iter()
             .flatten()
@@ -180,9 +196,9 @@ impl Entry {
         });
         Entry {
             meta,
-            identity: Body::Memory(identity),
-            br: br.map(Body::Memory),
-            gzip: gzip.map(Body::Memory),
+            identity,
+            br,
+            gzip,
             headers,
             etags,
         }

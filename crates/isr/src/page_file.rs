@@ -13,6 +13,12 @@
 //! Each file costs a file descriptor. isr keeps at most a quarter of the process's
 //! open-file limit in page files; past that, or if the kernel refuses one, a body simply
 //! stays on the heap and is copied as smaller bodies are.
+//!
+//! A page file can also be a stored body's bytes in one of the embedded store's segment
+//! files ([`PageFile::in_segment`]): a page read from disk for one response, not kept in
+//! the memory tier, is sent from there with `sendfile` without being read into isr at all.
+//! Segments are append-only, so those bytes never change either; a segment compacted away
+//! stays readable through the open descriptor until the last response using it is sent.
 
 use std::fs::File;
 use std::io::Write;
@@ -29,11 +35,15 @@ pub const MIN_BYTES: usize = 16 * 1024;
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 
-/// A body in a sealed memory file.
+/// A body in a sealed memory file, or in a store's segment file.
 #[derive(Debug)]
 pub struct PageFile {
-    file: File,
+    file: Arc<File>,
+    /// Where the body starts in `file` (0 in a memory file).
+    off: u64,
     len: usize,
+    /// A memory file, counted in [`OPEN`].
+    memfd: bool,
 }
 
 impl PageFile {
@@ -46,8 +56,10 @@ impl PageFile {
         }
         match sealed(body) {
             Ok(file) => Some(Arc::new(PageFile {
-                file,
+                file: Arc::new(file),
+                off: 0,
                 len: body.len(),
+                memfd: true,
             })),
             Err(e) => {
                 OPEN.fetch_sub(1, Ordering::Relaxed);
@@ -55,6 +67,17 @@ impl PageFile {
                 None
             }
         }
+    }
+
+    /// The `len` bytes at `off` in `file`, a segment file of the embedded store whose
+    /// bytes never change once written.
+    pub(crate) fn in_segment(file: Arc<File>, off: u64, len: usize) -> Arc<PageFile> {
+        Arc::new(PageFile {
+            file,
+            off,
+            len,
+            memfd: false,
+        })
     }
 
     /// The body's length in bytes.
@@ -72,16 +95,22 @@ impl PageFile {
         self.file.as_fd()
     }
 
+    /// Where the body starts in [`PageFile::fd`].
+    pub fn offset(&self) -> u64 {
+        self.off
+    }
+
     /// A copy of the body (read into fresh memory that is never zeroed first).
     pub fn read(&self) -> Bytes {
         let mut buf = Vec::with_capacity(self.len);
         while buf.len() < self.len {
-            let at = buf.len() as u64;
-            // A sealed memory file of this length: reading it fails only if the kernel is
-            // out of memory, which no caller could recover from either.
-            let n = rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at)
-                .expect("reading a sealed page file");
-            assert!(n > 0, "a sealed page file shrank");
+            let at = self.off + buf.len() as u64;
+            // A sealed memory file of this length fails only if the kernel is out of
+            // memory; a segment only if the disk fails under bytes already committed.
+            // Neither leaves anything to serve.
+            let n = rustix::io::pread(&*self.file, rustix::buffer::spare_capacity(&mut buf), at)
+                .expect("reading a page file");
+            assert!(n > 0, "a page file shrank");
         }
         Bytes::from(buf)
     }
@@ -89,7 +118,9 @@ impl PageFile {
 
 impl Drop for PageFile {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
+        if self.memfd {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -130,7 +161,7 @@ mod tests {
         assert_eq!(f.len(), body.len());
         assert_eq!(&f.read()[..], &body[..]);
         // Sealed: nobody, isr included, can change it while responses send from it.
-        let mut file = &f.file;
+        let mut file = &*f.file;
         assert!(file.write_all(b"x").is_err());
         assert!(f.file.set_len(1).is_err());
     }

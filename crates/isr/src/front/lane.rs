@@ -3,7 +3,8 @@
 //! or read back from the store, and a miss or an expired page once the engine has fetched
 //! and stored it (single flight, within `[limits] request_timeout`, as hyper's path).
 //! `httparse` reads the head, one `writev` sends headers and body, or for a body in a page
-//! file the headers go with `MSG_MORE` and the body with `sendfile`; an `If-None-Match`
+//! file (or in the store's segment file) the headers go with `MSG_MORE` and the body with
+//! `sendfile`; an `If-None-Match`
 //! that matches gets its 304 here too. The first request that needs anything else (a
 //! request body, the `/_isr/` routes, a bypass, or an outcome that is not a page: a
 //! pass-through, an origin error, a 404) hands the connection, with the bytes already
@@ -472,9 +473,10 @@ async fn send_file(stream: &mut TcpStream, head: &[u8], body: &PageFile) -> io::
         })
         .await?;
     }
-    let mut offset = 0u64;
-    while (offset as usize) < body.len() {
-        let left = body.len() - offset as usize;
+    let mut offset = body.offset();
+    let end = offset + body.len() as u64;
+    while offset < end {
+        let left = (end - offset) as usize;
         write_with(stream, || {
             rustix::fs::sendfile(stream.as_fd(), body.fd(), Some(&mut offset), left)
         })

@@ -1,7 +1,14 @@
 //! The hot tier: a byte-bounded in-memory cache of ready-to-serve entries in front of
 //! any store. Its budget is a hard bound (quick_cache's weight capacity); an entry larger
 //! than the whole budget is simply not kept in memory.
+//!
+//! Once the tier is full, a page read from the store is kept only on its second read
+//! within a while ([`HotTier::admits`]), as nginx's `proxy_cache_min_uses 2`: a crawler or
+//! a random walk over a store much larger than the tier then neither churns it (each
+//! page kept would evict another) nor pays for reading into memory a page it sends once.
 
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,17 +29,43 @@ impl Weighter<Box<str>, Arc<Entry>> for ByBytes {
 /// Ready-to-serve entries, bounded in bytes. A budget of 0 disables it.
 pub struct HotTier {
     cache: Option<Cache<Box<str>, Arc<Entry>, ByBytes>>,
+    /// Hashes of keys read from the store and not kept, one per slot: a key whose hash is
+    /// still in its slot at its next read is kept then.
+    seen: Box<[AtomicU64]>,
+    hasher: std::hash::RandomState,
 }
+
+/// Slots in [`HotTier::seen`] per entry the tier holds (of 16 KiB): a page read twice
+/// while about four times as many other pages are read from the store is kept.
+const SEEN_PER_ITEM: usize = 4;
 
 impl HotTier {
     /// A tier holding at most `budget` bytes.
     pub fn new(budget: u64) -> HotTier {
-        let cache = (budget > 0).then(|| {
-            // quick_cache sizes its tables from an item estimate; assume 16 KiB pages.
-            let items = (budget / 16384).clamp(64, 1 << 20) as usize;
-            Cache::with_weighter(items, budget, ByBytes)
-        });
-        HotTier { cache }
+        // quick_cache sizes its tables from an item estimate; assume 16 KiB pages.
+        let items = (budget / 16384).clamp(64, 1 << 20) as usize;
+        let cache = (budget > 0).then(|| Cache::with_weighter(items, budget, ByBytes));
+        let slots = if budget > 0 { items * SEEN_PER_ITEM } else { 0 };
+        HotTier {
+            cache,
+            seen: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// Whether a page about to be read from the store for `key` should be kept in the
+    /// tier: always while the tier has room; once it is full, only when the same key was
+    /// read and not kept a short while ago. Never when the tier is disabled.
+    pub fn admits(&self, key: &str) -> bool {
+        let Some(c) = &self.cache else {
+            return false;
+        };
+        if c.weight() < c.capacity() / 16 * 15 {
+            return true;
+        }
+        let h = self.hasher.hash_one(key);
+        let slot = &self.seen[(h >> 16) as usize % self.seen.len()];
+        slot.swap(h | 1, Ordering::Relaxed) == h | 1
     }
 
     /// The entry for `key`, if held. On an entry's first hit in the tier its large bodies
@@ -174,5 +207,31 @@ mod tests {
         let hot = HotTier::new(0);
         hot.insert("/a", entry(10));
         assert!(hot.get("/a").is_none());
+        assert!(
+            !hot.admits("/a"),
+            "nothing is kept, so nothing is read to keep"
+        );
+    }
+
+    #[test]
+    fn once_full_a_page_read_from_the_store_is_kept_on_its_second_read() {
+        let hot = HotTier::new(256 * 1024);
+        assert!(
+            hot.admits("/new"),
+            "while the tier has room, everything is kept"
+        );
+        assert!(hot.admits("/new"));
+        for i in 0..64 {
+            hot.insert(&format!("/fill/{i}"), entry(8 * 1024));
+        }
+        assert!(hot.bytes() > 240 * 1024, "full: {}", hot.bytes());
+        assert!(!hot.admits("/once"), "read once: sent, not kept");
+        assert!(hot.admits("/once"), "read again soon after: kept");
+        assert!(
+            !hot.admits("/other"),
+            "another key is not let in by the first"
+        );
+        // A random walk of single reads keeps nothing.
+        assert!((0..10_000).all(|i| !hot.admits(&format!("/walk/{i}"))));
     }
 }

@@ -118,6 +118,13 @@ pub trait Store: Send + Sync + 'static {
     /// The entry stored under `key`, bodies included.
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>>;
 
+    /// The entry stored under `key`, to answer one request with and not to keep: its
+    /// large bodies may be references into the store's own files, sent from there. By
+    /// default, [`Store::get`].
+    fn get_to_send<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
+        self.get(key)
+    }
+
     /// Only the metadata of `key`.
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>>;
 

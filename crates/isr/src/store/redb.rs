@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 
 use super::segments::{decode_row, encode_row, Appender, Extent, Segments, Unread, SEGMENT_BYTES};
 use super::{Store, StoreError, StoreFuture, StoreStats};
-use crate::entry::{Encoding, Entry, Meta};
+use crate::entry::{Body, Encoding, Entry, Meta};
 use crate::policy::Mark;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -149,6 +149,20 @@ impl RedbStore {
             writer: tx,
             thread: Some(thread),
         })
+    }
+
+    /// Reads `key` on the calling thread when [`InlineReads`] allows and the page cache
+    /// holds it, else on the blocking pool, bodies read into memory there.
+    fn get_with<'a>(&'a self, key: &'a str, bodies: Bodies) -> StoreFuture<'a, Option<Entry>> {
+        if let Some(started) = self.inline.allowed() {
+            let read = read_entry(&self.db, &self.segs, key, bodies);
+            if !matches!(read, Ok(Err(Unread::WouldBlock))) {
+                self.inline.took(started);
+                return Box::pin(std::future::ready(read.map(|r| r.unwrap_or(None))));
+            }
+        }
+        let (slot, segs, key) = (self.db.clone(), self.segs.clone(), key.to_string());
+        blocking(move || Ok(read_entry(&slot, &segs, &key, Bodies::Wait)?.unwrap_or(None)))
     }
 
     fn submit(&self, op: Op) -> StoreFuture<'_, bool> {
@@ -576,11 +590,23 @@ fn claim(
 
 /// Reads the entry stored under `key`. Unless `wait`, it returns [`Unread::WouldBlock`]
 /// rather than wait for the disk to read its bodies.
+/// How [`read_entry`] gets an entry's bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bodies {
+    /// Read into memory, waiting for the disk if need be.
+    Wait,
+    /// Read into memory from the page cache only, else [`Unread::WouldBlock`].
+    NoWait,
+    /// Large bodies as references into their segment (from the page cache only, else
+    /// [`Unread::WouldBlock`]); small ones as [`Bodies::NoWait`].
+    Refer,
+}
+
 fn read_entry(
     slot: &Slot,
     segs: &Segments,
     key: &str,
-    wait: bool,
+    bodies: Bodies,
 ) -> Result<Result<Option<Entry>, Unread>, StoreError> {
     // Another try only when the extent was in a segment compacted away since the
     // snapshot: the next snapshot has where it moved.
@@ -592,8 +618,18 @@ fn read_entry(
         };
         let (ext, m) = decode_row(row.value())?;
         let m = Meta::from_bytes(m).map_err(err)?;
+        let large = |ext: &Extent| ext.lens[0] as usize >= crate::page_file::MIN_BYTES;
+        if let Some(ext) = ext.filter(|e| bodies == Bodies::Refer && large(e)) {
+            let [identity, br, gzip] = match segs.refer(&ext) {
+                Ok(refs) => refs.map(Body::File),
+                Err(Unread::Moved) => continue,
+                Err(Unread::WouldBlock) => return Ok(Err(Unread::WouldBlock)),
+            };
+            let (br, gzip) = (m.br.then_some(br), m.gzip.then_some(gzip));
+            return Ok(Ok(Some(Entry::with_bodies(m, identity, br, gzip))));
+        }
         let [identity, br, gzip] = match ext {
-            Some(ext) => match segs.read(&ext, wait)? {
+            Some(ext) => match segs.read(&ext, bodies == Bodies::Wait)? {
                 Ok(bodies) => bodies,
                 Err(Unread::Moved) => continue,
                 Err(Unread::WouldBlock) => return Ok(Err(Unread::WouldBlock)),
@@ -706,15 +742,11 @@ fn blocking<T: Send + 'static>(
 
 impl Store for RedbStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
-        if let Some(started) = self.inline.allowed() {
-            let read = read_entry(&self.db, &self.segs, key, false);
-            if !matches!(read, Ok(Err(Unread::WouldBlock))) {
-                self.inline.took(started);
-                return Box::pin(std::future::ready(read.map(|r| r.unwrap_or(None))));
-            }
-        }
-        let (slot, segs, key) = (self.db.clone(), self.segs.clone(), key.to_string());
-        blocking(move || Ok(read_entry(&slot, &segs, &key, true)?.unwrap_or(None)))
+        self.get_with(key, Bodies::NoWait)
+    }
+
+    fn get_to_send<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
+        self.get_with(key, Bodies::Refer)
     }
 
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
@@ -1102,6 +1134,59 @@ mod tests {
             assert_eq!(e.identity(), Bytes::from(body(k, latest(k))));
         }
         assert_eq!(s.keys_with_tag("all").await.unwrap().len(), 40);
+    }
+
+    #[tokio::test]
+    async fn large_bodies_to_send_are_references_into_segments_that_outlive_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open_with(dir.path(), 64 * 1024).unwrap();
+        let zipped = |generated: u64, fill: u8| {
+            let big = |n: usize, c: u8| Bytes::from(vec![c; n]);
+            Arc::new(Entry::new(
+                Meta {
+                    br: true,
+                    gzip: true,
+                    ..entry("", generated, &[]).meta.clone()
+                },
+                big(20_000, fill),
+                Some(big(17_000, fill + 1)),
+                Some(big(16_500, fill + 2)),
+            ))
+        };
+        s.put("/first", entry("a small page before it", 1, &[]))
+            .await
+            .unwrap();
+        s.put("/big", zipped(1, b'a')).await.unwrap();
+        s.put("/small", entry("small", 1, &[])).await.unwrap();
+        let sent = s.get_to_send("/big").await.unwrap().unwrap();
+        let in_file = |b: &Body| matches!(b, Body::File(_));
+        let variants = [None, Some(&b"br"[..]), Some(&b"gzip"[..])];
+        for (accept, fill) in variants.into_iter().zip(b'a'..) {
+            let body = sent.body_for_bytes(accept).1;
+            assert!(in_file(body), "{accept:?}: a reference into the segment");
+            assert_eq!(body.bytes(), vec![fill; body.len()]);
+        }
+        let small = s.get_to_send("/small").await.unwrap().unwrap();
+        assert!(
+            !in_file(small.body_for_bytes(None).1),
+            "small bodies are read"
+        );
+        assert_eq!(&small.identity()[..], b"small");
+        assert!(!in_file(
+            s.get("/big").await.unwrap().unwrap().body_for_bytes(None).1
+        ));
+
+        // Rewritten until the first segment is compacted away: the reference still reads
+        // the bytes it was given.
+        for v in 2..10 {
+            s.put("/big", zipped(v, b'k')).await.unwrap();
+        }
+        until_compacted(&s).await;
+        assert!(!segment_files(dir.path()).contains(&1));
+        assert_eq!(sent.identity(), vec![b'a'; 20_000]);
+        assert_eq!(sent.gzip().unwrap(), vec![b'c'; 16_500]);
+        let now = s.get_to_send("/big").await.unwrap().unwrap();
+        assert_eq!(now.br().unwrap(), vec![b'l'; 17_000]);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::StoreError;
+use crate::page_file::PageFile;
 
 /// Segments grow to this size before the next one starts (tests pass smaller ones).
 pub(super) const SEGMENT_BYTES: u64 = 256 << 20;
@@ -187,6 +188,28 @@ impl Segments {
             }
         }
         Ok(Ok(bufs.map(Bytes::from)))
+    }
+
+    /// The three bodies of `ext` as references into their segment, for `sendfile`, when
+    /// the page cache holds them: the first and the last byte are probed with
+    /// `RWF_NOWAIT` reads ([`Unread::WouldBlock`] when either would wait for the disk). The
+    /// pages of one extent are written, and usually read and evicted, together.
+    pub(super) fn refer(&self, ext: &Extent) -> Result<[Arc<PageFile>; 3], Unread> {
+        let file = self.file(ext.seg).ok_or(Unread::Moved)?;
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        let mut byte = [0u8; 1];
+        for at in [ext.off, ext.off + ext.len().max(1) - 1] {
+            let mut slice = [IoSliceMut::new(&mut byte)];
+            if !matches!(rustix::io::preadv2(&*file, &mut slice, at, flags), Ok(1)) {
+                return Err(Unread::WouldBlock);
+            }
+        }
+        let mut off = ext.off;
+        Ok(ext.lens.map(|l| {
+            let body = PageFile::in_segment(file.clone(), off, l as usize);
+            off += u64::from(l);
+            body
+        }))
     }
 
     /// Bytes in all segment files.
