@@ -16,10 +16,10 @@ pid=
 if [ -n "${KEEP:-}" ]; then
   dir=$KEEP
   mkdir -p "$dir"
-  trap 'kill $pid 2>/dev/null || true' EXIT
+  trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 else
   dir=$(mktemp -d)
-  trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+  trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 fi
 [ -d "$dir/data" ] || ./target/release/examples/fill_store "$dir/data" "$pages" "$bytes"
 echo "store size: $(du -sh "$dir/data" | cut -f1)"
@@ -33,7 +33,7 @@ EOT
 start=$(date +%s%N)
 ISR_LOG=warn taskset -c 0 "${ISR_BIN:-./target/release/isr}" serve --config "$dir/isr.toml" >/dev/null 2>&1 &
 pid=$!
-until [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:19098/page/$((pages / 2)))" = 200 ]; do sleep 0.005; done
+until [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:19098/page/$((pages / 2)))" = 200 ]; do kill -0 $pid; sleep 0.005; done
 echo "first HIT after $(( ($(date +%s%N) - start) / 1000000 )) ms"
 # RSS, plus the bytes isr holds in page files (memfds), which count in its memory tier but
 # not in RSS.

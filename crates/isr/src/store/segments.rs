@@ -191,18 +191,18 @@ impl Segments {
     }
 
     /// The three bodies of `ext` as references into their segment, for `sendfile`, when
-    /// the page cache holds them: the first and the last byte are probed with
-    /// `RWF_NOWAIT` reads ([`Unread::WouldBlock`] when either would wait for the disk). The
-    /// pages of one extent are written, and usually read and evicted, together.
+    /// the page cache holds them: the last byte is probed with an `RWF_NOWAIT` read
+    /// ([`Unread::WouldBlock`] when it would wait for the disk). The pages of one extent
+    /// are written, read and so evicted together, and its last page is its own (the first
+    /// may be shared with the extent before it, and so be younger in the page cache).
     pub(super) fn refer(&self, ext: &Extent) -> Result<[Arc<PageFile>; 3], Unread> {
         let file = self.file(ext.seg).ok_or(Unread::Moved)?;
         let flags = rustix::io::ReadWriteFlags::NOWAIT;
         let mut byte = [0u8; 1];
-        for at in [ext.off, ext.off + ext.len().max(1) - 1] {
-            let mut slice = [IoSliceMut::new(&mut byte)];
-            if !matches!(rustix::io::preadv2(&*file, &mut slice, at, flags), Ok(1)) {
-                return Err(Unread::WouldBlock);
-            }
+        let mut slice = [IoSliceMut::new(&mut byte)];
+        let last = ext.off + ext.len().max(1) - 1;
+        if !matches!(rustix::io::preadv2(&*file, &mut slice, last, flags), Ok(1)) {
+            return Err(Unread::WouldBlock);
         }
         let mut off = ext.off;
         Ok(ext.lens.map(|l| {
