@@ -15,7 +15,7 @@
 //! stays on the heap and is copied as smaller bodies are.
 //!
 //! A page file can also be a stored body's bytes in one of the embedded store's segment
-//! files ([`PageFile::in_segment`]): a page read from disk for one response, not kept in
+//! files (`PageFile::in_segment`): a page read from disk for one response, not kept in
 //! the memory tier, is sent from there with `sendfile` without being read into isr at all.
 //! Segments are append-only, so those bytes never change either; a segment compacted away
 //! stays readable through the open descriptor until the last response using it is sent.
