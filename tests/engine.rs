@@ -345,3 +345,43 @@ async fn background_regenerations_queue_at_most_64_per_slot_and_the_rest_wait_fo
     assert_eq!(origin.count(skipped), 2);
     assert_eq!(serve(&e, skipped).await.0, "HIT");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scan_of_stored_pages_once_the_memory_tier_is_full_evicts_nothing() {
+    let origin = Origin::start().await;
+    let config = |memory: &str| {
+        let text = CONFIG.replace("[cache]", &format!("[cache]\nmemory = \"{memory}\""));
+        let overrides = Overrides {
+            origin: Some(origin.url()),
+            ..Default::default()
+        };
+        isr::config::parse("<test>", &text, &overrides).unwrap()
+    };
+    // One node stores 300 pages; a second one, on the same store, starts with an empty
+    // tier of 64 KiB (about 38 of these pages).
+    let store = Arc::new(MemoryStore::new());
+    let writer = Engine::new(config("0"), store.clone()).await.unwrap();
+    for i in 0..300 {
+        assert_eq!(serve(&writer, &format!("/blog/p{i}")).await.0, "MISS");
+    }
+    let e = Engine::new(config("64KiB"), store).await.unwrap();
+    for i in 0..60 {
+        assert_eq!(serve(&e, &format!("/blog/p{i}")).await.0, "HIT");
+    }
+    let held: Vec<String> = (0..60)
+        .map(|i| format!("/blog/p{i}"))
+        .filter(|k| e.hot().peek(k).is_some())
+        .collect();
+    assert!(held.len() > 20, "the tier filled: {held:?}");
+    // A crawler reads every other page once: all served, none kept, nothing evicted.
+    for i in 60..300 {
+        let (state, body) = serve(&e, &format!("/blog/p{i}")).await;
+        assert!(state == "HIT" && body.contains(&format!("page /blog/p{i} v1")));
+    }
+    assert!((60..300).all(|i| e.hot().peek(&format!("/blog/p{i}")).is_none()));
+    assert!(held.iter().all(|k| e.hot().peek(k).is_some()));
+    // A page read again soon after is kept.
+    serve(&e, "/blog/p299").await;
+    assert!(e.hot().peek("/blog/p299").is_some());
+    assert_eq!(origin.count("/blog/p299"), 1);
+}
