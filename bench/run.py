@@ -419,7 +419,7 @@ def main():
         versions["next"] = json.load(open(os.path.join(BENCH, "next-peer/node_modules/next/package.json")))["version"]
     except OSError:
         pass
-    # Large bodies sent with sendfile are 3-4x slower under BBR's pacing than under cubic on
+    # Large bodies sent with sendfile are 2.5-3.8x slower under BBR's pacing than under cubic on
     # this machine (BENCHMARKS.md), so a run names the congestion control it ran with.
     versions["tcp_congestion_control"] = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
