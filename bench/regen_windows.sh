@@ -10,19 +10,8 @@ cd "$(dirname "$0")/.."
 cargo build --release -q --bin isr --example bench_origin
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
-cat > "$dir/isr.toml" <<EOT
-listen = "127.0.0.1:19405"
-origin = "http://127.0.0.1:19400"
-data_dir = "$dir/data"
-[cache]
-memory = "256MiB"
-[[route]]
-match = "/page/{n}"
-revalidate = 60
-EOT
-taskset -c "$origin_cpu" ./target/release/examples/bench_origin serve 127.0.0.1:19400 >/dev/null 2>&1 &
-ISR_LOG=warn taskset -c 0 ./target/release/isr serve --config "$dir/isr.toml" >/dev/null 2>&1 &
-until curl -sf -o /dev/null http://127.0.0.1:19405/page/0; do sleep 0.05; done
+source bench/spread_isr.sh
+spread_isr "$dir" 60 "$origin_cpu"
 PREFIX=/page/ PAGES=1000 taskset -c 1 wrk -t1 -c64 -d5s -s bench/spread.lua http://127.0.0.1:19405/ >/dev/null
 for w in $(seq 1 "$windows"); do
   before=$(curl -s http://127.0.0.1:19400/_count)

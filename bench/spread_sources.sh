@@ -15,16 +15,6 @@ chmod 755 "$dir" "$shm"  # nginx's worker runs as www-data
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir" "$shm"' EXIT
 ./target/release/examples/bench_origin write "$dir/static" 1000 >/dev/null
 cp -r "$dir/static" "$shm/static"
-cat > "$dir/isr.toml" <<EOT
-listen = "127.0.0.1:19405"
-origin = "http://127.0.0.1:19400"
-data_dir = "$dir/data"
-[cache]
-memory = "256MiB"
-[[route]]
-match = "/page/{n}"
-revalidate = 3600
-EOT
 nginx() {  # nginx NAME PORT ROOT
   mkdir -p "$dir/$1"
   cat > "$dir/$1/nginx.conf" <<EOT
@@ -40,9 +30,8 @@ http {
 EOT
   taskset -c 0 /usr/sbin/nginx -p "$dir/$1" -c "$dir/$1/nginx.conf" &
 }
-taskset -c 1 ./target/release/examples/bench_origin serve 127.0.0.1:19400 >/dev/null 2>&1 &
-ISR_LOG=warn taskset -c 0 ./target/release/isr serve --config "$dir/isr.toml" >/dev/null 2>&1 &
-isr=$!
+source bench/spread_isr.sh
+spread_isr "$dir" 3600 1
 nginx ext4 19401 "$dir/static"
 ext4=$!
 nginx tmpfs 19402 "$shm/static"
@@ -56,7 +45,7 @@ for port in 19405 19401 19402; do
 done
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }  # utime + stime, 1/100 s
 for rep in $(seq 1 "$reps"); do
-  for target in isr:19405:$isr nginx-ext4:19401:$ext4 nginx-tmpfs:19402:$tmpfs; do
+  for target in isr:19405:$isr_pid nginx-ext4:19401:$ext4 nginx-tmpfs:19402:$tmpfs; do
     IFS=: read -r name port pid <<<"$target"
     # nginx's work is in its worker, the master's only child
     [ "$name" = isr ] || pid=$(pgrep -P "$pid")
