@@ -385,3 +385,63 @@ async fn a_scan_of_stored_pages_once_the_memory_tier_is_full_evicts_nothing() {
     assert!(e.hot().peek("/blog/p299").is_some());
     assert_eq!(origin.count("/blog/p299"), 1);
 }
+
+/// A regeneration that changed no body is committed a moment later, with others, while
+/// the stored page it replaces would still be served after a restart; at once when an
+/// on-demand expiry has made that page unservable (a crash must not turn it into a MISS).
+/// On the real clock: the embedded store's writer is a thread.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_regeneration_is_committed_later_only_while_the_old_page_stays_servable() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/blog/a",
+        Spec {
+            body: Some("<p>the same every time</p>".into()),
+            ..Default::default()
+        },
+    );
+    let text = CONFIG.replace("expire = 600", "expire = \"365d\"");
+    let overrides = Overrides {
+        origin: Some(origin.url()),
+        ..Default::default()
+    };
+    let cfg = isr::config::parse("<test>", &text, &overrides).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn isr::store::Store> =
+        Arc::new(isr::store::RedbStore::open(dir.path()).unwrap());
+    let e = Engine::new(cfg, store.clone()).await.unwrap();
+    let stored = async || store.get_meta("/blog/a").await.unwrap().unwrap().generated;
+    let regenerate = async |expire: bool, fetches: usize| {
+        e.revalidate(&Revalidation {
+            tags: vec!["post-a".into()],
+            expire,
+            eager: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        common::eventually("the page is regenerated", async || {
+            origin.count("/blog/a") == fetches && serve(&e, "/blog/a").await.0 == "HIT"
+        })
+        .await;
+    };
+    assert_eq!(serve(&e, "/blog/a").await.0, "MISS");
+    let first = stored().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // Revalidated to serve stale: the stored page stays servable, so the commit waits.
+    let started = std::time::Instant::now();
+    regenerate(false, 2).await;
+    let now_stored = stored().await;
+    if started.elapsed() < isr::store::SOON {
+        assert_eq!(now_stored, first, "the rewrite waits for a later commit");
+    }
+    store.sync().await.unwrap();
+    let second = stored().await;
+    assert!(second > first, "sync commits it");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // Expired on demand: after a crash the stored page would be a MISS, so at once.
+    regenerate(true, 3).await;
+    assert!(stored().await > second, "committed with the regeneration");
+}

@@ -441,5 +441,8 @@ async fn produce(
         bytes: 0,
     };
     let entry = Arc::new(Entry::new(meta, raw.body, None, None));
-    Ok(engine.store_entry(skey, entry, false).await.0)
+    Ok(engine
+        .store_entry(skey, entry, crate::engine::Rewrite::All)
+        .await
+        .0)
 }

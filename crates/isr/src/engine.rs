@@ -1123,9 +1123,18 @@ impl Engine {
             (Some(_), None) => self.store.get(key).await.ok().flatten().map(Arc::new),
             (None, _) => None,
         };
-        let (entry, same_bodies) = match previous.and_then(|p| origin::reuse_variants(&entry, &p)) {
-            Some(reused) => (Ok(reused), true),
-            None => (entry_with_variants(entry).await, false),
+        let reused = previous.and_then(|p| origin::reuse_variants(&entry, &p).map(|r| (r, p)));
+        let (entry, write) = match reused {
+            Some((reused, old)) => {
+                let mark = self.clock.mark_for(key::path_of(key), &old.meta.tags);
+                let write = if policy::rewrite_may_wait(&old.meta.timing(), mark, self.now()) {
+                    Rewrite::SameBodiesSoon
+                } else {
+                    Rewrite::SameBodies
+                };
+                (Ok(reused), write)
+            }
+            None => (entry_with_variants(entry).await, Rewrite::All),
         };
         let entry = match entry {
             Ok(e) => Arc::new(e),
@@ -1143,12 +1152,12 @@ impl Engine {
             ms = started.elapsed().as_millis() as u64,
             "page generated"
         );
-        let (entry, ours) = self.store_entry(key, entry, same_bodies).await;
+        let (entry, ours) = self.store_entry(key, entry, write).await;
         if !ours {
             return Outcome::Stored(entry);
         }
         self.schedule_refresh(key, &entry.meta);
-        if copy.is_some() && !same_bodies && self.cdn.purges_on_regenerate() {
+        if copy.is_some() && write == Rewrite::All && self.cdn.purges_on_regenerate() {
             self.cdn.purge_path(key, true);
         }
         Outcome::Stored(entry)
@@ -1161,16 +1170,16 @@ impl Engine {
         &self,
         key: &str,
         entry: Arc<Entry>,
-        same_bodies: bool,
+        write: Rewrite,
     ) -> (Arc<Entry>, bool) {
         self.backoff
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
-        let stored = if same_bodies {
-            self.store.put_same_bodies(key, entry.clone()).await
-        } else {
-            self.store.put(key, entry.clone()).await
+        let stored = match write {
+            Rewrite::All => self.store.put(key, entry.clone()).await,
+            Rewrite::SameBodies => self.store.put_same_bodies(key, entry.clone()).await,
+            Rewrite::SameBodiesSoon => self.store.put_same_bodies_soon(key, entry.clone()).await,
         };
         match stored {
             Ok(true) => {}
@@ -1435,6 +1444,18 @@ async fn refresher(engine: std::sync::Weak<Engine>) {
             e.schedule_refresh(&key, &retry);
         }
     }
+}
+
+/// How a fetched entry is written to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rewrite {
+    /// Bodies and metadata ([`Store::put`]).
+    All,
+    /// The bodies are byte-identical to the stored ones ([`Store::put_same_bodies`]).
+    SameBodies,
+    /// Likewise, and [`policy::rewrite_may_wait`] allows the commit to come a moment
+    /// later, with others ([`Store::put_same_bodies_soon`]).
+    SameBodiesSoon,
 }
 
 /// Compresses on a blocking thread (CPU-bound work stays off the serving threads).

@@ -64,7 +64,7 @@ const X_ISR_CACHE: &str = "x-isr-cache";
 
 /// The public front: the engine plus the secrets that guard its API.
 pub struct Front {
-    engine: Arc<Engine>,
+    pub(crate) engine: Arc<Engine>,
     secrets: Secrets,
     sessions: admin::Sessions,
     throttle: SecretThrottle,

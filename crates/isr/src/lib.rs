@@ -162,8 +162,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then lets requests in flight finish (at most
-    /// [`Server::GRACE`]). Pages already stored are durable whenever the process stops.
+    /// [`Server::GRACE`]), then commits what the store holds back. Pages already stored
+    /// are durable whenever the process stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let store = self.front.engine.store().clone();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let when_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -190,6 +192,9 @@ impl Server {
         let _ = stop.send(true);
         if let Some(a) = admin {
             let _ = a.await;
+        }
+        if let Err(e) = store.sync().await {
+            tracing::warn!(error = %e, "could not commit the last rewrites before stopping");
         }
     }
 

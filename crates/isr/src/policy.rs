@@ -207,6 +207,21 @@ pub fn is_overdue(t: &Timing, now: u64, overdue_after: u64) -> bool {
     }
 }
 
+/// How long the entry a same-bodies rewrite replaces must stay servable for the rewrite
+/// to be committed later (see [`rewrite_may_wait`]): a restart within this margin of a
+/// crash serves it without the origin.
+pub const REWRITE_WAIT_MARGIN_MS: u64 = 3_600_000;
+
+/// Whether a regeneration that changed no body may be committed to the store a moment
+/// later, together with others, rather than on its own at once. Only while `old`, the
+/// entry it replaces (with `mark`, every revalidation concerning it), would still be
+/// served without the origin an hour from `now`: a crash before the commit then loses no
+/// more than a timestamp, and after a restart `old` is a `HIT` or `STALE` (regenerated
+/// again), never a `MISS`.
+pub fn rewrite_may_wait(old: &Timing, mark: Mark, now: u64) -> bool {
+    freshness(old, mark, now.saturating_add(REWRITE_WAIT_MARGIN_MS)) != Freshness::Expired
+}
+
 /// Statuses that are stored (as Next.js and shared caches do).
 pub fn is_storable_status(status: u16) -> bool {
     matches!(
@@ -287,6 +302,35 @@ mod tests {
         assert!(prefresh_due(&t, 9_000));
         assert!(prefresh_due(&t, 20_000));
         assert!(!prefresh_due(&timing(1_000, None, 100_000), 1_000_000));
+    }
+
+    #[test]
+    fn an_unchanged_page_waits_for_its_commit_only_while_the_old_entry_stays_servable() {
+        let h = REWRITE_WAIT_MARGIN_MS;
+        let none = Mark::default();
+        // A stale page a day from its expiry: a crash costs a regeneration, not a miss.
+        assert!(rewrite_may_wait(
+            &timing(0, Some(60 * S), 24 * h),
+            none,
+            120 * S
+        ));
+        // Expiring within the margin, or expired by an on-demand revalidation: at once.
+        assert!(!rewrite_may_wait(
+            &timing(0, Some(60 * S), h),
+            none,
+            120 * S
+        ));
+        assert!(!rewrite_may_wait(
+            &timing(0, Some(60 * S), 24 * h),
+            Mark::at(10 * S, true),
+            120 * S
+        ));
+        // A mark that only makes it stale still lets it wait.
+        assert!(rewrite_may_wait(
+            &timing(0, Some(60 * S), 24 * h),
+            Mark::at(10 * S, false),
+            120 * S
+        ));
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub enum StoreEvent {
     },
 }
 
+/// How long a write of [`Store::put_same_bodies_soon`] may wait for its commit.
+pub const SOON: Duration = Duration::from_secs(1);
+
 /// The future an adapter returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -137,6 +140,24 @@ pub trait Store: Send + Sync + 'static {
     /// checking that the stored entry still has the same body hash and variants.
     fn put_same_bodies<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
         self.put(key, entry)
+    }
+
+    /// Like [`Store::put_same_bodies`], when the engine has found that losing this write
+    /// in a crash would cost only a regeneration (see [`crate::policy::rewrite_may_wait`]):
+    /// an adapter may then answer before the write is durable and commit it with others
+    /// within [`SOON`]. By default, [`Store::put_same_bodies`].
+    fn put_same_bodies_soon<'a>(
+        &'a self,
+        key: &'a str,
+        entry: Arc<Entry>,
+    ) -> StoreFuture<'a, bool> {
+        self.put_same_bodies(key, entry)
+    }
+
+    /// Makes every write answered so far durable (the writes of
+    /// [`Store::put_same_bodies_soon`] included), as a server does before it exits.
+    fn sync(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Every key carrying `tag`.

@@ -14,6 +14,9 @@
 //!
 //! Writes go to one writer thread that groups whatever is queued into a single
 //! transaction (group commit): one fsync of the segments and one commit serve many pages.
+//! Rewrites that may wait ([`Store::put_same_bodies_soon`]: a regeneration that changed no
+//! body) are answered at once and kept for up to [`super::SOON`], or until a write that
+//! may not wait comes, so that a burst of regenerations costs a few commits, not one each.
 //! Every commit uses redb's quick-repair mode, so opening after `kill -9` is instant
 //! instead of a full scan, and a commit is atomic: an entry is either entirely the old one
 //! or entirely the new one. When no write is queued, the writer compacts segments.
@@ -93,11 +96,23 @@ enum Op {
         entry: Arc<Entry>,
         same_bodies: bool,
     },
+    /// Changes nothing: commits the writes that wait.
+    Sync,
 }
 
 struct Write {
     op: Op,
-    done: oneshot::Sender<Result<bool, StoreError>>,
+    /// Who waits for the answer; `None` for a write that may wait for a later commit
+    /// (answered already).
+    done: Option<oneshot::Sender<Result<bool, StoreError>>>,
+}
+
+impl Write {
+    fn answer(self, result: Result<bool, StoreError>) {
+        if let Some(done) = self.done {
+            let _ = done.send(result);
+        }
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -167,7 +182,10 @@ impl RedbStore {
 
     fn submit(&self, op: Op) -> StoreFuture<'_, bool> {
         let (done, rx) = oneshot::channel();
-        let sent = self.writer.send(Write { op, done });
+        let sent = self.writer.send(Write {
+            op,
+            done: Some(done),
+        });
         Box::pin(async move {
             sent.map_err(|_| StoreError::Failed("the store writer has stopped".into()))?;
             rx.await
@@ -242,14 +260,36 @@ fn reopen(slot: &Slot, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What the writer does next.
+enum Next {
+    /// Apply this write (and whatever else is queued).
+    Write(Write),
+    /// Commit the writes that wait: their time is up.
+    Commit,
+    /// The store is closing: commit the writes that wait, then stop.
+    Stop,
+}
+
 fn write_loop(slot: &Slot, path: &Path, queue: &mpsc::Receiver<Write>, mut writer: Writer) {
     // After a failed write: when, and why (writes fail at once until the next reopen).
     let mut failed: Option<(std::time::Instant, StoreError)> = None;
+    // Writes that may wait for a later commit, and when the first of them came.
+    let mut waiting: Vec<Write> = Vec::new();
+    let mut waiting_since = std::time::Instant::now();
     loop {
-        // Compaction steps run only while no write is queued and the store is writable.
-        let first = if failed.is_none() && writer.wants_compaction() {
-            match queue.try_recv() {
-                Ok(w) => w,
+        let due = (!waiting.is_empty()).then(|| waiting_since + super::SOON);
+        let next = match due {
+            Some(due) => {
+                match queue.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(w) => Next::Write(w),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Next::Commit,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Next::Stop,
+                }
+            }
+            // Compaction steps run only while no write is queued or waiting and the store
+            // is writable.
+            None if failed.is_none() && writer.wants_compaction() => match queue.try_recv() {
+                Ok(w) => Next::Write(w),
                 Err(mpsc::TryRecvError::Empty) => {
                     if let Err(e) = current(slot).and_then(|db| writer.compact_step(&db)) {
                         tracing::warn!(error = %e, "segment compaction failed; retrying in a minute");
@@ -257,57 +297,87 @@ fn write_loop(slot: &Slot, path: &Path, queue: &mpsc::Receiver<Write>, mut write
                     }
                     continue;
                 }
-                Err(mpsc::TryRecvError::Disconnected) => return,
-            }
-        } else {
-            match queue.recv() {
-                Ok(w) => w,
-                Err(_) => return,
-            }
+                Err(mpsc::TryRecvError::Disconnected) => Next::Stop,
+            },
+            None => match queue.recv() {
+                Ok(w) => Next::Write(w),
+                Err(_) => Next::Stop,
+            },
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let (mut batch, stop) = match next {
+            Next::Write(w) => (vec![w], false),
+            Next::Commit => (Vec::new(), false),
+            Next::Stop => (Vec::new(), true),
+        };
+        while !stop && waiting.len() + batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
         }
-        if let Some((at, e)) = &failed {
-            if at.elapsed() < REOPEN_EVERY {
-                // Until the next reopen, writes fail at once (and do not delay it).
-                for w in batch {
-                    let _ = w.done.send(Err(e.clone()));
-                }
-                continue;
+        let all_may_wait = !batch.is_empty() && batch.iter().all(|w| w.done.is_none());
+        if !stop && all_may_wait && waiting.len() + batch.len() < MAX_BATCH {
+            if waiting.is_empty() {
+                waiting_since = std::time::Instant::now();
+            }
+            waiting.append(&mut batch);
+            continue;
+        }
+        // The writes that waited are older: they go first.
+        batch.splice(0..0, waiting.drain(..));
+        if !batch.is_empty() {
+            commit_batch(slot, path, &mut writer, &mut failed, batch);
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Applies `batch` in one transaction and answers its writes, reopening the store first
+/// after a failure (at most every [`REOPEN_EVERY`]; until then, writes fail at once).
+fn commit_batch(
+    slot: &Slot,
+    path: &Path,
+    writer: &mut Writer,
+    failed: &mut Option<(std::time::Instant, StoreError)>,
+    batch: Vec<Write>,
+) {
+    if let Some((at, e)) = &failed {
+        if at.elapsed() < REOPEN_EVERY {
+            // Until the next reopen, writes fail at once (and do not delay it).
+            for w in batch {
+                w.answer(Err(e.clone()));
+            }
+            return;
+        }
+    }
+    let result = match &failed {
+        Some(_) => reopen(slot, path).and_then(|()| {
+            let db = current(slot)?;
+            writer.load_live(&db)?;
+            writer.apply(&db, &batch)
+        }),
+        None => current(slot).and_then(|db| writer.apply(&db, &batch)),
+    };
+    match result {
+        Ok(results) => {
+            if failed.take().is_some() {
+                tracing::warn!(path = %path.display(), "the store is writable again");
+            }
+            for (w, r) in batch.into_iter().zip(results) {
+                w.answer(Ok(r));
             }
         }
-        let result = match &failed {
-            Some(_) => reopen(slot, path).and_then(|()| {
-                let db = current(slot)?;
-                writer.load_live(&db)?;
-                writer.apply(&db, &batch)
-            }),
-            None => current(slot).and_then(|db| writer.apply(&db, &batch)),
-        };
-        match result {
-            Ok(results) => {
-                if failed.take().is_some() {
-                    tracing::warn!(path = %path.display(), "the store is writable again");
-                }
-                for (w, r) in batch.into_iter().zip(results) {
-                    let _ = w.done.send(Ok(r));
-                }
-            }
-            Err(e) => {
-                // Not logged here: the engine logs store errors once a minute, with a count.
-                let e = match &failed {
-                    Some((_, first)) => first.clone(),
-                    None => e,
-                };
-                failed = Some((std::time::Instant::now(), e.clone()));
-                for w in batch {
-                    let _ = w.done.send(Err(e.clone()));
-                }
+        Err(e) => {
+            // Not logged here: the engine logs store errors once a minute, with a count.
+            let e = match &failed {
+                Some((_, first)) => first.clone(),
+                None => e,
+            };
+            *failed = Some((std::time::Instant::now(), e.clone()));
+            for w in batch {
+                w.answer(Err(e.clone()));
             }
         }
     }
@@ -367,7 +437,11 @@ impl Writer {
                     key,
                     entry,
                     same_bodies,
-                } = &w.op;
+                } = &w.op
+                else {
+                    results.push(true);
+                    continue;
+                };
                 let k = key.as_str();
                 // `legacy`: stored by an earlier version, its bodies in the chunk table.
                 let (old_ext, old, legacy) = match meta.get(k).map_err(err)? {
@@ -775,6 +849,28 @@ impl Store for RedbStore {
             entry,
             same_bodies: true,
         })
+    }
+
+    fn put_same_bodies_soon<'a>(
+        &'a self,
+        key: &'a str,
+        entry: Arc<Entry>,
+    ) -> StoreFuture<'a, bool> {
+        let op = Op::Put {
+            key: key.to_string(),
+            entry,
+            same_bodies: true,
+        };
+        let sent = self.writer.send(Write { op, done: None }).is_ok();
+        Box::pin(std::future::ready(match sent {
+            true => Ok(true),
+            false => Err(StoreError::Failed("the store writer has stopped".into())),
+        }))
+    }
+
+    fn sync(&self) -> StoreFuture<'_, ()> {
+        let synced = self.submit(Op::Sync);
+        Box::pin(async move { synced.await.map(|_| ()) })
     }
 
     fn keys_with_tag<'a>(&'a self, tag: &'a str) -> StoreFuture<'a, Vec<String>> {
@@ -1239,6 +1335,52 @@ mod tests {
             &s.get("/a").await.unwrap().unwrap().identity()[..],
             b"first"
         );
+    }
+
+    #[tokio::test]
+    async fn rewrites_that_may_wait_commit_with_the_next_write_on_their_own_or_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = async |s: &RedbStore, k| s.get_meta(k).await.unwrap().unwrap().generated;
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            for k in ["/a", "/b", "/c"] {
+                s.put(k, entry("same", 10, &["t"])).await.unwrap();
+            }
+            let started = std::time::Instant::now();
+            assert!(s
+                .put_same_bodies_soon("/a", entry("same", 20, &["t"]))
+                .await
+                .unwrap());
+            let before = generated(&s, "/a").await;
+            if started.elapsed() < super::super::SOON {
+                assert_eq!(before, 10, "answered before it is committed");
+            }
+            // A write that may not wait commits the waiting one with it, the waiting first
+            // (older): a newer page is never overwritten by it.
+            s.put_same_bodies_soon("/b", entry("same", 20, &["t"]))
+                .await
+                .unwrap();
+            s.put("/b", entry("changed", 30, &["t"])).await.unwrap();
+            assert_eq!(generated(&s, "/a").await, 20);
+            let b = s.get("/b").await.unwrap().unwrap();
+            assert_eq!((&b.identity()[..], b.meta.generated), (&b"changed"[..], 30));
+            // Alone, it is committed within `SOON`.
+            s.put_same_bodies_soon("/c", entry("same", 20, &["t"]))
+                .await
+                .unwrap();
+            let deadline = std::time::Instant::now() + 5 * super::super::SOON;
+            while generated(&s, "/c").await != 20 {
+                assert!(std::time::Instant::now() < deadline, "committed on its own");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            s.put_same_bodies_soon("/a", entry("same", 40, &["t"]))
+                .await
+                .unwrap();
+        }
+        // Closing the store commits what waits.
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(generated(&s, "/a").await, 40);
+        assert_eq!(s.keys_with_tag("t").await.unwrap(), ["/a", "/b", "/c"]);
     }
 
     #[tokio::test]
