@@ -2,7 +2,8 @@
 # Hits on the spread (1,000 URLs of 16 KiB, revalidate = 60 s) in WINDOWS 10 s windows in a
 # row, so that one window holds the burst of 1,000 regenerations a minute after warm-up;
 # prints each window's rps, p99 and the origin requests made during it.
-#   bash bench/regen_windows.sh [ORIGIN_CPU] [WINDOWS]   (isr on CPU 0, wrk on CPU 1)
+#   bash bench/regen_windows.sh [ORIGIN_CPU] [WINDOWS]   (isr on CPU 0, wrk on CPU 1;
+#   ISR_BIN=FILE for another isr binary)
 set -euo pipefail
 origin_cpu=${1:-1}
 windows=${2:-8}

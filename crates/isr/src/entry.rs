@@ -204,6 +204,20 @@ impl Entry {
         }
     }
 
+    /// This entry's bodies, shared and not copied, under `meta` (its variant flags set
+    /// from them): a regeneration that found the page byte-identical keeps the page files
+    /// the bodies are already in.
+    pub(crate) fn same_bodies_with(&self, mut meta: Meta) -> Entry {
+        meta.br = self.br.is_some();
+        meta.gzip = self.gzip.is_some();
+        Entry::with_bodies(
+            meta,
+            self.identity.clone(),
+            self.br.clone(),
+            self.gzip.clone(),
+        )
+    }
+
     /// The body as the origin sent it.
     pub fn identity(&self) -> Bytes {
         self.identity.bytes()

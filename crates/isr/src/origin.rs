@@ -553,7 +553,8 @@ fn header<'a>(e: &'a Entry, name: &str) -> Option<&'a str> {
 }
 
 /// When a regeneration brought back the same body (the usual case), the previous
-/// entry's compressed variants are reused instead of compressing again.
+/// entry's bodies are reused: its compressed variants are not made again, and bodies in
+/// page files stay there (no new file on the next hit).
 pub fn reuse_variants(new: &Entry, previous: &Entry) -> Option<Entry> {
     let same = new.meta.hash == previous.meta.hash
         && new.identity() == previous.identity()
@@ -563,11 +564,7 @@ pub fn reuse_variants(new: &Entry, previous: &Entry) -> Option<Entry> {
     if !same {
         return None;
     }
-    let mut meta = new.meta.clone();
-    let (br, gzip) = (previous.br(), previous.gzip());
-    meta.br = br.is_some();
-    meta.gzip = gzip.is_some();
-    Some(Entry::new(meta, new.identity(), br, gzip))
+    Some(previous.same_bodies_with(new.meta.clone()))
 }
 
 /// Adds Brotli and gzip variants when the content type is worth it and the origin did
@@ -686,6 +683,34 @@ mod tests {
         )
         .unwrap();
         assert!(reuse_variants(&changed, &first).is_none());
+    }
+
+    #[test]
+    fn unchanged_bodies_in_page_files_stay_in_the_same_files() {
+        let rules = Rules {
+            cache: true,
+            ..Default::default()
+        };
+        let c = CacheConfig::default();
+        let p = parts(&[("content-type", "text/html")]);
+        let html = Bytes::from("<p>a large page</p>".repeat(2_000));
+        let first = build_entry(&p, html.clone(), &rules, &c, "/", 1).unwrap();
+        let Some(first) = first.in_page_files() else {
+            return; // no memory files on this kernel: nothing to keep
+        };
+        let again = build_entry(&p, html, &rules, &c, "/", 2).unwrap();
+        let reused = reuse_variants(&again, &first).unwrap();
+        let file = |e: &Entry| match e.body_for_bytes(None).1 {
+            crate::entry::Body::File(f) => Some(f.clone()),
+            crate::entry::Body::Memory(_) => None,
+        };
+        let (before, after) = (file(&first).unwrap(), file(&reused));
+        assert!(
+            after.is_some_and(|a| std::sync::Arc::ptr_eq(&a, &before)),
+            "the same file"
+        );
+        assert!(!reused.wants_page_files(), "no new file on the next hit");
+        assert_eq!(reused.meta.generated, 2);
     }
 
     #[test]
