@@ -106,6 +106,33 @@ def tree_cpu_seconds(pid):
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_busy(cpus=(0, 1), seconds=0.5):
+    """The busiest of `cpus` over `seconds`, as a fraction of that CPU (from /proc/stat)."""
+    def sample():
+        with open("/proc/stat") as f:
+            rows = {l.split()[0]: [int(x) for x in l.split()[1:]] for l in f if l.startswith("cpu")}
+        return {c: rows[f"cpu{c}"] for c in cpus}
+    a = sample()
+    time.sleep(seconds)
+    b = sample()
+    busy = []
+    for c in cpus:
+        d = [y - x for x, y in zip(a[c], b[c])]
+        idle = d[3] + d[4]  # idle + iowait
+        busy.append(1 - idle / sum(d) if sum(d) else 0)
+    return max(busy)
+
+
+def wait_quiet(limit=20.0, threshold=0.05):
+    """Waits (at most `limit` s) until both CPUs are nearly idle, so that no target's
+    background work (Next.js finishing its regenerations, say) runs into the next target's
+    measurement. Returns the seconds waited."""
+    start = time.time()
+    while time.time() - start < limit and cpu_busy() > threshold:
+        pass
+    return time.time() - start
+
+
 def tree_pids(pid):
     """A process and all its descendants."""
     children = {}
@@ -243,7 +270,7 @@ WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
 LAT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
-def wrk(target, scenario, duration, server_pid):
+def wrk(target, scenario, duration, server_pid, others=()):
     size_prefix = "/big/" if scenario.endswith("128k") else "/page/"
     url = f"http://127.0.0.1:{PORTS[target]}"
     cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{duration}s", "--latency"]
@@ -252,10 +279,13 @@ def wrk(target, scenario, duration, server_pid):
         url += "/"
     else:
         url += size_prefix + "1"
+    waited = wait_quiet()
     cpu0 = tree_cpu_seconds(server_pid)
+    others0 = sum(tree_cpu_seconds(p) for p in others)
     out = subprocess.run(cmd + [url], capture_output=True, text=True,
                          env={**os.environ, "PREFIX": size_prefix, "PAGES": str(PAGES)}).stdout
     cpu = tree_cpu_seconds(server_pid) - cpu0
+    others_cpu = sum(tree_cpu_seconds(p) for p in others) - others0
     rps = float(WRK_LINE.search(out).group(1))
     lat = {}
     for pct, v, unit in LAT.findall(out):
@@ -264,6 +294,7 @@ def wrk(target, scenario, duration, server_pid):
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "cpu_s": cpu,
             "hits_per_cpu_s": rps * duration / cpu if cpu > 0 else None,
+            "quiet_wait_s": round(waited, 1), "other_targets_cpu_s": round(others_cpu, 2),
             "non_2xx": int(errors.group(1)) if errors else 0,
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
@@ -281,10 +312,12 @@ def hits(args, s, targets):
             for t in targets:
                 if t == "nextjs" and scenario.endswith("128k"):
                     continue
-                r = wrk(t, scenario, args.duration, s.procs[t].pid)
+                others = [s.procs[o].pid for o in targets if o != t]
+                r = wrk(t, scenario, args.duration, s.procs[t].pid, others)
                 r.update(target=t, scenario=scenario, rep=rep)
                 runs.append(r)
-                print(f"rep {rep} {scenario:12} {t:18} {r['rps']:>10.0f} rps  p99 {r['p99_ms']} ms  cpu {r['cpu_s']:.2f}s", flush=True)
+                print(f"rep {rep} {scenario:12} {t:18} {r['rps']:>10.0f} rps  p99 {r['p99_ms']} ms  cpu {r['cpu_s']:.2f}s"
+                      f"  (waited {r['quiet_wait_s']}s for quiet; other targets {r['other_targets_cpu_s']}s cpu)", flush=True)
     table = []
     for scenario in scenarios:
         base = {}
