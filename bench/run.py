@@ -350,6 +350,9 @@ def origin_count(addr):
     return int(get(f"http://{addr}/_count")[2])
 
 
+STAMPEDE_ROUNDS = 5
+
+
 def stampedes(s, work):
     """1,000 concurrent requests on a missing and on a stale page, origin slowed to 200 ms."""
     s.start("slow-origin", [os.path.join(ROOT, "target/release/examples/bench_origin"), "serve", SLOW_ORIGIN, "200"], cpu="1")
@@ -359,12 +362,23 @@ def stampedes(s, work):
     before = origin_count(SLOW_ORIGIN)
     results["missing"] = burst("http://127.0.0.1:19006/page/7", 1000)
     results["missing"]["origin_requests"] = origin_count(SLOW_ORIGIN) - before
-    results["hit_burst"] = burst("http://127.0.0.1:19006/page/7", 1000)
-    time.sleep(1.2)
-    before = origin_count(SLOW_ORIGIN)
-    results["stale"] = burst("http://127.0.0.1:19006/page/7", 1000)
-    time.sleep(0.5)
-    results["stale"]["origin_requests"] = origin_count(SLOW_ORIGIN) - before
+    # Single bursts swing by 10 ms on this machine: five rounds, a HIT burst then (once
+    # the 1 s window has passed) a STALE one, each round's regeneration done before the next.
+    rounds = {"hit_burst": [], "stale": []}
+    origin_requests = []
+    for _ in range(STAMPEDE_ROUNDS):
+        rounds["hit_burst"].append(burst("http://127.0.0.1:19006/page/7", 1000))
+        time.sleep(1.2)
+        before = origin_count(SLOW_ORIGIN)
+        rounds["stale"].append(burst("http://127.0.0.1:19006/page/7", 1000))
+        time.sleep(0.5)
+        origin_requests.append(origin_count(SLOW_ORIGIN) - before)
+    for k, rs in rounds.items():
+        results[k] = {"p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                      "max_ms": statistics.median(r["max_ms"] for r in rs),
+                      "max_ms_all": max(r["max_ms"] for r in rs), "rounds": rs}
+    results["stale"]["origin_requests"] = max(origin_requests)
+    results["stale"]["origin_requests_each"] = origin_requests
     s.stop("isr-stampede")
     s.stop("slow-origin")
     return results
@@ -490,10 +504,12 @@ def render(r):
     if held:
         lines[-1] += "; besides RSS, in page files (memfd): " + ", ".join(f"{k} {v:.0f}" for k, v in held.items())
     if "stampede" in r:
-        lines += ["", "| isr stampede (1,000 concurrent, origin 200 ms) | origin requests | p50 ms | max ms |", "|---|---:|---:|---:|"]
+        lines += ["", "| isr stampede (1,000 concurrent, origin 200 ms) | origin requests | p50 ms | max ms | max of every round |",
+                  "|---|---:|---:|---:|---:|"]
         for k in ["missing", "stale", "hit_burst"]:
             v = r["stampede"][k]
-            lines.append(f"| {k} | {v.get('origin_requests', '–')} | {v['p50_ms']:.2f} | {v['max_ms']:.2f} |")
+            lines.append(f"| {k} | {v.get('origin_requests', '–')} | {v['p50_ms']:.2f} | {v['max_ms']:.2f} | {v.get('max_ms_all', v['max_ms']):.2f} |")
+        lines.append(f"(stale and hit_burst: medians of {STAMPEDE_ROUNDS} rounds; origin requests: the most in one round)")
     if "revalidation" in r:
         v = r["revalidation"]
         lines += ["", f"Revalidating a tag carried by {v['tagged_pages']:,} stored pages: API round trip p50 "
