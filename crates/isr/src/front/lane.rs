@@ -64,6 +64,12 @@ impl Front {
         let max_head = MAX_HEAD.min(limits.max_header_bytes);
         let deadline = tokio::time::sleep(head_timeout);
         tokio::pin!(deadline);
+        // One shutdown future for the connection's life, polled while it waits for a
+        // request: made anew for each wait, it would register with the watch and leave it
+        // again on every request.
+        let mut stop = shutdown.clone();
+        let stopping = stop.wait_for(|s| *s);
+        tokio::pin!(stopping);
         loop {
             if !buf.is_empty() {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -112,7 +118,12 @@ impl Front {
             if *shutdown.borrow() && buf.is_empty() {
                 return Handoff::Closed;
             }
-            match read(stream, &mut buf, shutdown, deadline.as_mut(), head_timeout).await {
+            let waits = Waits {
+                deadline: deadline.as_mut(),
+                head_timeout,
+                stopping: stopping.as_mut(),
+            };
+            match read(stream, &mut buf, waits).await {
                 Ok(0) | Err(_) if buf.is_empty() => return Handoff::Closed,
                 // A head cut short: hyper answers it (400) or closes.
                 Ok(0) | Err(_) => return Handoff::Hyper(buf.freeze()),
@@ -384,13 +395,16 @@ thread_local! {
 /// request head (give or take a tenth of it, at most a second: one timer per connection is
 /// re-armed only when it has drifted, not per request), and not past shutdown while no
 /// request is under way.
-async fn read(
+async fn read<S: std::future::Future>(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    shutdown: &mut watch::Receiver<bool>,
-    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
-    head_timeout: Duration,
+    waits: Waits<'_, S>,
 ) -> io::Result<usize> {
+    let Waits {
+        mut deadline,
+        head_timeout,
+        stopping,
+    } = waits;
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
@@ -418,11 +432,21 @@ async fn read(
             }
         }
     };
+    // In this order, without tokio's random start (which reads a random number per wait).
     tokio::select! {
+        biased;
         r = wait => r,
         () = deadline => Ok(0),
-        _ = shutdown.wait_for(|s| *s), if idle => Ok(0),
+        _ = stopping, if idle => Ok(0),
     }
+}
+
+/// What a read waits for besides the socket: the head's deadline, and shutdown (the
+/// connection's one future for it, which completes once: after it, the lane closes).
+struct Waits<'a, S> {
+    deadline: std::pin::Pin<&'a mut tokio::time::Sleep>,
+    head_timeout: Duration,
+    stopping: std::pin::Pin<&'a mut S>,
 }
 
 /// Reads what the socket holds into `buf`'s spare room. A read that leaves room to spare
