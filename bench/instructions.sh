@@ -3,7 +3,8 @@
 # keep-alive GETs of one cached 16 KiB page on one connection after 200 to warm up
 # (counters zeroed after the warm-up). Deterministic to about 0.1 %, where timings on this
 # machine swing by 10 %: for changes to isr's own work per hit (the kernel's is not counted).
-#   bash bench/instructions.sh BINARY... [N]   (N defaults to 5000; installs valgrind)
+#   bash bench/instructions.sh BINARY... [N]   (N defaults to 5000; installs valgrind;
+#   PIN="taskset -c 0" runs isr on one CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=5000
@@ -30,7 +31,7 @@ data_dir = "$dir/data"
 match = "/page/{n}"
 revalidate = 3600
 EOT
-  ISR_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" serve --config "$dir/isr.toml" >/dev/null 2>&1 &
+  ISR_LOG=warn ${PIN:-} valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$bin" serve --config "$dir/isr.toml" >/dev/null 2>&1 &
   vg=$!
   until curl -sf -o /dev/null http://127.0.0.1:19405/page/1; do sleep 0.2; done
   curl -s -K "$dir/warm"

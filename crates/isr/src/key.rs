@@ -50,7 +50,12 @@ pub fn normalize(path: &str, query: Option<&str>, ignore: &[String]) -> String {
 
 /// The path part of a key (everything before `?`).
 pub fn path_of(key: &str) -> &str {
-    key.split_once('?').map_or(key, |(p, _)| p)
+    // A plain byte scan: keys are short, and `split_once` sets up a searcher per call
+    // (this runs several times per hit).
+    match key.bytes().position(|b| b == b'?') {
+        Some(i) => &key[..i],
+        None => key,
+    }
 }
 
 fn param_name(p: &str) -> &str {
@@ -191,6 +196,14 @@ mod tests {
             None => (target, None),
         };
         normalize(p, q, &["utm_*".into(), "fbclid".into()])
+    }
+
+    #[test]
+    fn the_path_of_a_key_ends_at_its_first_question_mark() {
+        assert_eq!(path_of("/a/b?x=1&y=2"), "/a/b");
+        assert_eq!(path_of("/a/b"), "/a/b");
+        assert_eq!(path_of("/a?"), "/a");
+        assert_eq!(path_of("/caf%C3%A9/ü?q=?"), "/caf%C3%A9/ü");
     }
 
     #[test]

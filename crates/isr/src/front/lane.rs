@@ -187,9 +187,8 @@ impl Front {
             }
         }
         let key = key::normalize(path, query, &cfg.cache.ignore_query);
-        if self.engine.routes().bypasses(key::path_of(&key))
-            || self.engine.is_dropped(key::path_of(&key))
-        {
+        let path = key::path_of(&key);
+        if self.engine.routes().bypasses(path) || self.engine.is_dropped(path) {
             return None;
         }
         Some(Ask {
