@@ -238,3 +238,55 @@ async fn a_dynamic_false_route_serves_only_known_paths_and_404s_the_rest_without
     }
     drop(dir);
 }
+
+/// A stale page that `isr prebuild` regenerates unchanged is a rewrite the store may hold
+/// back for a moment: it is committed before the command exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn isr_prebuild_commits_unchanged_regenerations_before_it_exits() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/fast/p",
+        Spec {
+            body: Some("<p>unchanged</p>".into()),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("isr.toml");
+    std::fs::write(
+        &config,
+        format!("{CONFIG}\n[prebuild]\npaths = [\"/fast/p\"]\n"),
+    )
+    .unwrap();
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
+            .args(["prebuild", "--config"])
+            .arg(&config)
+            .args(["--origin", &origin.url(), "--data-dir"])
+            .arg(&data)
+            .env("ISR_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    let generated = || {
+        let rt = tokio::runtime::Handle::current();
+        let store = isr::store::RedbStore::open(&data).unwrap();
+        let meta = rt.block_on(isr::store::Store::get_meta(&store, "/fast/p"));
+        meta.unwrap().unwrap().generated
+    };
+    tokio::task::block_in_place(run);
+    let first = tokio::task::block_in_place(generated);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // /fast/ pages: revalidate = 1
+    tokio::task::block_in_place(run);
+    assert_eq!(origin.count("/fast/p"), 2, "the stale page was regenerated");
+    assert!(
+        tokio::task::block_in_place(generated) > first,
+        "the unchanged regeneration was committed"
+    );
+}

@@ -107,7 +107,12 @@ pub async fn prebuild_once(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<prebuild::Report, StartError> {
     let engine = Engine::new(cfg.clone(), store::open(&cfg)?).await?;
-    Ok(prebuild::run(&engine, progress).await)
+    let report = prebuild::run(&engine, progress).await;
+    // Rewrites the store may still hold back (unchanged pages) are committed before exit.
+    if let Err(e) = engine.store().sync().await {
+        tracing::warn!(error = %e, "could not commit the last rewrites");
+    }
+    Ok(report)
 }
 
 /// A server that is bound and ready to run.
