@@ -509,7 +509,7 @@ def render(r):
         for k in ["missing", "stale", "hit_burst"]:
             v = r["stampede"][k]
             lines.append(f"| {k} | {v.get('origin_requests', '–')} | {v['p50_ms']:.2f} | {v['max_ms']:.2f} | {v.get('max_ms_all', v['max_ms']):.2f} |")
-        lines.append(f"(stale and hit_burst: medians of {STAMPEDE_ROUNDS} rounds; origin requests: the most in one round)")
+        lines += ["", f"(stale and hit_burst: medians of {STAMPEDE_ROUNDS} rounds; origin requests: the most in one round)"]
     if "revalidation" in r:
         v = r["revalidation"]
         lines += ["", f"Revalidating a tag carried by {v['tagged_pages']:,} stored pages: API round trip p50 "
