@@ -19,6 +19,22 @@ fn sitemap(origin: &Origin) -> String {
     )
 }
 
+/// Runs `isr prebuild` with `config` against `origin`, storing into `data`.
+fn isr_prebuild(
+    config: &std::path::Path,
+    origin: &Origin,
+    data: &std::path::Path,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
+        .args(["prebuild", "--config"])
+        .arg(config)
+        .args(["--origin", &origin.url(), "--data-dir"])
+        .arg(data)
+        .env("ISR_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 fn xml(body: String) -> Spec {
     Spec {
         headers: vec![("content-type".into(), "application/xml".into())],
@@ -104,16 +120,7 @@ async fn isr_prebuild_fills_the_store_once_and_skips_fresh_pages_the_next_time()
         format!("{CONFIG}\n[prebuild]\npaths = [\"/blog/a\", \"/blog/a\"]\nsitemap = \"/sitemap.xml\"\n"),
     )
     .unwrap();
-    let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
-            .args(["prebuild", "--config"])
-            .arg(&config)
-            .args(["--origin", &origin.url(), "--data-dir"])
-            .arg(&data)
-            .env("ISR_LOG", "warn")
-            .output()
-            .unwrap()
-    };
+    let run = || isr_prebuild(&config, &origin, &data);
     let out = tokio::task::block_in_place(run);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
@@ -260,14 +267,7 @@ async fn isr_prebuild_commits_unchanged_regenerations_before_it_exits() {
     )
     .unwrap();
     let run = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_isr"))
-            .args(["prebuild", "--config"])
-            .arg(&config)
-            .args(["--origin", &origin.url(), "--data-dir"])
-            .arg(&data)
-            .env("ISR_LOG", "warn")
-            .output()
-            .unwrap();
+        let out = isr_prebuild(&config, &origin, &data);
         assert!(
             out.status.success(),
             "{}",

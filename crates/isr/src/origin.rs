@@ -658,47 +658,36 @@ mod tests {
         assert_eq!(names, ["content-type", "x-kept"]);
     }
 
-    #[test]
-    fn unchanged_bodies_reuse_their_variants() {
+    /// A cacheable `text/html` page of `html`, fetched at `generated`.
+    fn html_page(html: &str, generated: u64) -> Entry {
         let rules = Rules {
             cache: true,
             ..Default::default()
         };
-        let c = CacheConfig::default();
         let p = parts(&[("content-type", "text/html")]);
-        let html = Bytes::from("<p>same page</p>".repeat(50));
-        let first = with_variants(build_entry(&p, html.clone(), &rules, &c, "/", 1).unwrap());
+        let body = Bytes::copy_from_slice(html.as_bytes());
+        build_entry(&p, body, &rules, &CacheConfig::default(), "/", generated).unwrap()
+    }
+
+    #[test]
+    fn unchanged_bodies_reuse_their_variants() {
+        let html = "<p>same page</p>".repeat(50);
+        let first = with_variants(html_page(&html, 1));
         assert!(first.br().is_some() && first.gzip().is_some());
-        let again = build_entry(&p, html, &rules, &c, "/", 2).unwrap();
-        let reused = reuse_variants(&again, &first).unwrap();
+        let reused = reuse_variants(&html_page(&html, 2), &first).unwrap();
         assert_eq!(reused.meta.generated, 2);
         assert_eq!(reused.br(), first.br());
-        let changed = build_entry(
-            &p,
-            Bytes::from("<p>new page</p>".repeat(50)),
-            &rules,
-            &c,
-            "/",
-            3,
-        )
-        .unwrap();
+        let changed = html_page(&"<p>new page</p>".repeat(50), 3);
         assert!(reuse_variants(&changed, &first).is_none());
     }
 
     #[test]
     fn unchanged_bodies_in_page_files_stay_in_the_same_files() {
-        let rules = Rules {
-            cache: true,
-            ..Default::default()
-        };
-        let c = CacheConfig::default();
-        let p = parts(&[("content-type", "text/html")]);
-        let html = Bytes::from("<p>a large page</p>".repeat(2_000));
-        let first = build_entry(&p, html.clone(), &rules, &c, "/", 1).unwrap();
-        let Some(first) = first.in_page_files() else {
+        let html = "<p>a large page</p>".repeat(2_000);
+        let Some(first) = html_page(&html, 1).in_page_files() else {
             return; // no memory files on this kernel: nothing to keep
         };
-        let again = build_entry(&p, html, &rules, &c, "/", 2).unwrap();
+        let again = html_page(&html, 2);
         let reused = reuse_variants(&again, &first).unwrap();
         let file = |e: &Entry| match e.body_for_bytes(None).1 {
             crate::entry::Body::File(f) => Some(f.clone()),

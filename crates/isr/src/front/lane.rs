@@ -118,12 +118,15 @@ impl Front {
             if *shutdown.borrow() && buf.is_empty() {
                 return Handoff::Closed;
             }
-            let waits = Waits {
-                deadline: deadline.as_mut(),
+            match read(
+                stream,
+                &mut buf,
+                deadline.as_mut(),
                 head_timeout,
-                stopping: stopping.as_mut(),
-            };
-            match read(stream, &mut buf, waits).await {
+                stopping.as_mut(),
+            )
+            .await
+            {
                 Ok(0) | Err(_) if buf.is_empty() => return Handoff::Closed,
                 // A head cut short: hyper answers it (400) or closes.
                 Ok(0) | Err(_) => return Handoff::Hyper(buf.freeze()),
@@ -393,17 +396,15 @@ thread_local! {
 /// Reads what is there, or waits for more: at most `head_timeout` from the start of a
 /// request head (give or take a tenth of it, at most a second: one timer per connection is
 /// re-armed only when it has drifted, not per request), and not past shutdown while no
-/// request is under way.
-async fn read<S: std::future::Future>(
+/// request is under way (`stopping`: the connection's one shutdown future, which
+/// completes once; the lane closes after it).
+async fn read(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    waits: Waits<'_, S>,
+    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    head_timeout: Duration,
+    stopping: std::pin::Pin<&mut impl std::future::Future>,
 ) -> io::Result<usize> {
-    let Waits {
-        mut deadline,
-        head_timeout,
-        stopping,
-    } = waits;
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
@@ -438,14 +439,6 @@ async fn read<S: std::future::Future>(
         () = deadline => Ok(0),
         _ = stopping, if idle => Ok(0),
     }
-}
-
-/// What a read waits for besides the socket: the head's deadline, and shutdown (the
-/// connection's one future for it, which completes once: after it, the lane closes).
-struct Waits<'a, S> {
-    deadline: std::pin::Pin<&'a mut tokio::time::Sleep>,
-    head_timeout: Duration,
-    stopping: std::pin::Pin<&'a mut S>,
 }
 
 /// Reads what the socket holds into `buf`'s spare room. A read that leaves room to spare

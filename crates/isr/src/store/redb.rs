@@ -260,16 +260,6 @@ fn reopen(slot: &Slot, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// What the writer does next.
-enum Next {
-    /// Apply this write (and whatever else is queued).
-    Write(Write),
-    /// Commit the writes that wait: their time is up.
-    Commit,
-    /// The store is closing: commit the writes that wait, then stop.
-    Stop,
-}
-
 fn write_loop(slot: &Slot, path: &Path, queue: &mpsc::Receiver<Write>, mut writer: Writer) {
     // After a failed write: when, and why (writes fail at once until the next reopen).
     let mut failed: Option<(std::time::Instant, StoreError)> = None;
@@ -277,19 +267,21 @@ fn write_loop(slot: &Slot, path: &Path, queue: &mpsc::Receiver<Write>, mut write
     let mut waiting: Vec<Write> = Vec::new();
     let mut waiting_since = std::time::Instant::now();
     loop {
+        // The next write, or none: the waiting writes' time is up (`stop` false), or the
+        // store is closing (`stop` true); either way, what waits is committed below.
         let due = (!waiting.is_empty()).then(|| waiting_since + super::SOON);
-        let next = match due {
+        let (mut batch, stop) = match due {
             Some(due) => {
                 match queue.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
-                    Ok(w) => Next::Write(w),
-                    Err(mpsc::RecvTimeoutError::Timeout) => Next::Commit,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => Next::Stop,
+                    Ok(w) => (vec![w], false),
+                    Err(mpsc::RecvTimeoutError::Timeout) => (Vec::new(), false),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => (Vec::new(), true),
                 }
             }
             // Compaction steps run only while no write is queued or waiting and the store
             // is writable.
             None if failed.is_none() && writer.wants_compaction() => match queue.try_recv() {
-                Ok(w) => Next::Write(w),
+                Ok(w) => (vec![w], false),
                 Err(mpsc::TryRecvError::Empty) => {
                     if let Err(e) = current(slot).and_then(|db| writer.compact_step(&db)) {
                         tracing::warn!(error = %e, "segment compaction failed; retrying in a minute");
@@ -297,17 +289,12 @@ fn write_loop(slot: &Slot, path: &Path, queue: &mpsc::Receiver<Write>, mut write
                     }
                     continue;
                 }
-                Err(mpsc::TryRecvError::Disconnected) => Next::Stop,
+                Err(mpsc::TryRecvError::Disconnected) => (Vec::new(), true),
             },
             None => match queue.recv() {
-                Ok(w) => Next::Write(w),
-                Err(_) => Next::Stop,
+                Ok(w) => (vec![w], false),
+                Err(_) => (Vec::new(), true),
             },
-        };
-        let (mut batch, stop) = match next {
-            Next::Write(w) => (vec![w], false),
-            Next::Commit => (Vec::new(), false),
-            Next::Stop => (Vec::new(), true),
         };
         while !stop && waiting.len() + batch.len() < MAX_BATCH {
             match queue.try_recv() {
