@@ -44,8 +44,12 @@ rss() {
   done | awk '{ s += $1 } END { printf "%d", s / 1048576 }')
   echo "$(( $(awk '/VmRSS/ {print $2}' /proc/$pid/status) / 1024 )) MiB + ${files} MiB in page files"
 }
+# Seeded anew for every pass: wrk's LuaJIT starts math.random from the same state in each
+# process, so unseeded passes would replay one sequence, and the second would find the
+# pages the first one kept in the memory tier (or made eligible for it) in the same order.
 cat > "$dir/random.lua" <<EOT
 local pages = $pages
+init = function(args) math.randomseed(tonumber(os.getenv("SEED")) or os.time()) end
 request = function() return wrk.format("GET", "/page/" .. math.random(0, pages - 1)) end
 EOT
 PREFIX=/page/ PAGES=1000 taskset -c 1 wrk -t1 -c64 -d"${secs}s" -s bench/spread.lua http://127.0.0.1:19098/ >/dev/null  # warm 1,000
