@@ -5,8 +5,8 @@ change can be measured on this noisy machine without comparing runs of different
     python3 bench/ab.py OLD_BINARY NEW_BINARY [--reps 5] [--duration 5] [--scenarios hot-16k,spread-16k]
 
 Same set-up as bench/run.py (origin, 16 KiB pages, isr pinned to CPU 0, wrk -t1 -c64 on
-CPU 1): by default the hot URL and the spread over 1,000 URLs, 16 KiB (add hot-128k,
-spread-128k for the large pages). Prints medians of rps and hits per
+CPU 1): by default the hot URL and the spread over 1,000 URLs, 16 KiB (or other sizes:
+hot-32k, spread-64k, hot-128k and so on). Prints medians of rps and hits per
 server CPU-second, p99 latency, and new/old ratios.
 """
 
@@ -46,10 +46,12 @@ def main():
             with open(config, "w") as f:
                 f.write(f'listen = "127.0.0.1:{PORTS[name]}"\norigin = "http://{run.ORIGIN}"\n'
                         f'data_dir = "{d}/data"\n[[route]]\nmatch = "/page/{{n}}"\nrevalidate = 60\n'
+                        f'[[route]]\nmatch = "/p32k/{{n}}"\nrevalidate = 60\n'
+                        f'[[route]]\nmatch = "/p64k/{{n}}"\nrevalidate = 60\n'
                         f'[[route]]\nmatch = "/big/{{n}}"\nrevalidate = 60\n')
             s.start(name, [binary, "serve", "--config", config], env={"ISR_SECRET": "x", "ISR_LOG": "warn"})
             run.wait_up(f"http://127.0.0.1:{PORTS[name]}/_isr/health")
-            for prefix in {"/big/" if sc.endswith("128k") else "/page/" for sc in scenarios}:
+            for prefix in {run.prefix_of(sc) for sc in scenarios}:
                 for i in range(run.PAGES):
                     run.get(f"http://127.0.0.1:{PORTS[name]}{prefix}{i}")
         run.PORTS.update(PORTS)

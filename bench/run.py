@@ -270,8 +270,13 @@ WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
 LAT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
+def prefix_of(scenario):
+    """The origin's pages of a scenario's size (its name's end: 16k, 32k, 64k or 128k)."""
+    return {"16k": "/page/", "32k": "/p32k/", "64k": "/p64k/", "128k": "/big/"}[scenario.rsplit("-", 1)[1]]
+
+
 def wrk(target, scenario, duration, server_pid, others=()):
-    size_prefix = "/big/" if scenario.endswith("128k") else "/page/"
+    size_prefix = prefix_of(scenario)
     url = f"http://127.0.0.1:{PORTS[target]}"
     cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{duration}s", "--latency"]
     if scenario.startswith("spread"):

@@ -2,7 +2,7 @@
 //! requests it serves so stampede tests can check how many reached it.
 //!
 //! ```text
-//! bench_origin serve ADDR [DELAY_MS]   # /page/N: 16 KiB, /big/N: 128 KiB, /_count, /_reset,
+//! bench_origin serve ADDR [DELAY_MS]   # /page/N: 16 KiB, /big/N: 128 KiB, /p32k/N, /p64k/N, /_count, /_reset,
 //!                                      # /_bump (new content version for every page)
 //! bench_origin write DIR COUNT         # the same pages as files, for nginx static
 //! ```
@@ -65,6 +65,12 @@ fn page(n: u64, size: usize, version: u64) -> Vec<u8> {
 fn parse(path: &str) -> Option<(u64, usize)> {
     if let Some(n) = path.strip_prefix("/page/") {
         return Some((n.parse().ok()?, SMALL));
+    }
+    // Between the two, for finding where sending from a file starts to pay (bench/ab.py).
+    for (prefix, kib) in [("/p32k/", 32), ("/p64k/", 64)] {
+        if let Some(n) = path.strip_prefix(prefix) {
+            return Some((n.parse().ok()?, kib * 1024));
+        }
     }
     Some((path.strip_prefix("/big/")?.parse().ok()?, BIG))
 }

@@ -1,9 +1,10 @@
-//! Bodies of 16 KiB and more in the memory tier live in sealed memory files (`memfd`)
-//! from the entry's first hit there (`HotTier::get`), not on the heap, so the hit lane can send them with `sendfile`: the kernel hands the
-//! file's pages to the socket instead of copying the body out of isr's memory for every
-//! hit, as nginx does for static files. On this machine that cut the server CPU per 128 KiB hit by
-//! 21–29 %, and per 16 KiB hit on a spread of pages by 10–16 % (BENCHMARKS.md, "Large
-//! bodies sent from page files with `sendfile`").
+//! Bodies of [`MIN_BYTES`] (32 KiB) and more in the memory tier live in sealed memory
+//! files (`memfd`) from the entry's first hit there (`HotTier::get`), not on the heap, so
+//! the hit lane can send them with `sendfile`: the kernel hands the file's pages to the
+//! socket instead of copying the body out of isr's memory for every hit, as nginx does for
+//! static files. That cut the server CPU per 128 KiB hit by a quarter (BENCHMARKS.md,
+//! "Large bodies sent from page files with `sendfile`", and "Where copying stops paying"
+//! for where the line is drawn).
 //!
 //! A page file is written once, then sealed against writes, growth and shrinking, so it
 //! is immutable while any response still sends from it; its memory is freed when the
@@ -28,10 +29,13 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-/// Bodies at least this large go to page files. Measured: 16 KiB pages spread over 1,000
-/// URLs took 10–16 % less CPU per hit from files than copied (on one hot URL, level);
-/// smaller bodies keep the copy in the headers' `writev` and save a descriptor each.
-pub const MIN_BYTES: usize = 16 * 1024;
+/// Bodies in the memory tier at least this large go to page files; smaller ones are
+/// copied in the headers' `writev` (one system call instead of the head's `send` and a
+/// `sendfile`) and save a descriptor each. Measured on 2026-12-03 (BENCHMARKS.md, "Where
+/// copying stops paying"), copied against sent from a file, per server CPU-second:
+/// 16 KiB 1.08× on one hot URL and 1.00× on a spread, 32 KiB 0.98× on both, 64 KiB
+/// 0.67× and 0.94×, 128 KiB 0.75× and 0.76×.
+pub const MIN_BYTES: usize = 32 * 1024;
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 

@@ -169,7 +169,8 @@ mod tests {
     #[test]
     fn large_bodies_move_to_page_files_on_the_first_hit_never_over_a_newer_entry() {
         let hot = HotTier::new(1 << 20);
-        hot.insert("/a", entry(20_000));
+        let large = crate::page_file::MIN_BYTES + 1000;
+        hot.insert("/a", entry(large));
         let c = hot.cache.as_ref().unwrap();
         assert!(
             !in_files(&c.peek("/a").unwrap()),
@@ -180,7 +181,7 @@ mod tests {
             "the first hit gets the file"
         );
         assert!(in_files(&c.peek("/a").unwrap()), "and the tier keeps it");
-        hot.insert("/peeked", entry(20_000));
+        hot.insert("/peeked", entry(large));
         assert!(
             !in_files(&hot.peek("/peeked").unwrap()),
             "a peek is not a hit"
@@ -194,9 +195,9 @@ mod tests {
 
         // A hit that read the old entry while a newer one came in must not put the old
         // one back.
-        hot.insert("/b", entry(20_000));
+        hot.insert("/b", entry(large));
         let old = c.peek("/b").unwrap();
-        let newer = entry(30_000);
+        let newer = entry(large + 10_000);
         hot.insert("/b", newer.clone());
         assert!(promote(c, "/b", &old).is_none());
         assert!(Arc::ptr_eq(&c.peek("/b").unwrap(), &newer));

@@ -42,7 +42,9 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::segments::{decode_row, encode_row, Appender, Extent, Segments, Unread, SEGMENT_BYTES};
+use super::segments::{
+    decode_row, encode_row, Appender, Extent, Segments, Unread, REFER_MIN_BYTES, SEGMENT_BYTES,
+};
 use super::{Store, StoreError, StoreFuture, StoreStats};
 use crate::entry::{Body, Encoding, Entry, Meta};
 use crate::policy::Mark;
@@ -679,7 +681,7 @@ fn read_entry(
         };
         let (ext, m) = decode_row(row.value())?;
         let m = Meta::from_bytes(m).map_err(err)?;
-        let large = |ext: &Extent| ext.lens[0] as usize >= crate::page_file::MIN_BYTES;
+        let large = |ext: &Extent| ext.lens[0] as usize >= REFER_MIN_BYTES;
         if let Some(ext) = ext.filter(|e| bodies == Bodies::Refer && large(e)) {
             let [identity, br, gzip] = match segs.refer(&ext) {
                 Ok(refs) => refs.map(Body::File),

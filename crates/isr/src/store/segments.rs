@@ -34,6 +34,12 @@ use crate::page_file::PageFile;
 /// Segments grow to this size before the next one starts (tests pass smaller ones).
 pub(super) const SEGMENT_BYTES: u64 = 256 << 20;
 
+/// A page read from the store and not kept in the memory tier is sent straight from its
+/// segment ([`Segments::refer`]) when its identity body is at least this large; smaller
+/// ones are read into memory. Lower than [`crate::page_file::MIN_BYTES`]: the other way
+/// here is not one copy but a read into a new buffer and then a copy into the socket.
+pub(super) const REFER_MIN_BYTES: usize = 16 * 1024;
+
 /// First byte of a metadata row that carries an extent. Rows written before segments
 /// existed are the JSON metadata alone, starting with `{`.
 const EXTENT_ROW: u8 = 1;
