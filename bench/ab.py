@@ -45,10 +45,9 @@ def main():
             config = os.path.join(d, "isr.toml")
             with open(config, "w") as f:
                 f.write(f'listen = "127.0.0.1:{PORTS[name]}"\norigin = "http://{run.ORIGIN}"\n'
-                        f'data_dir = "{d}/data"\n[[route]]\nmatch = "/page/{{n}}"\nrevalidate = 60\n'
-                        f'[[route]]\nmatch = "/p32k/{{n}}"\nrevalidate = 60\n'
-                        f'[[route]]\nmatch = "/p64k/{{n}}"\nrevalidate = 60\n'
-                        f'[[route]]\nmatch = "/big/{{n}}"\nrevalidate = 60\n')
+                        f'data_dir = "{d}/data"\n'
+                        + "".join(f'[[route]]\nmatch = "{p}{{n}}"\nrevalidate = 60\n'
+                                  for p in run.PREFIXES.values()))
             s.start(name, [binary, "serve", "--config", config], env={"ISR_SECRET": "x", "ISR_LOG": "warn"})
             run.wait_up(f"http://127.0.0.1:{PORTS[name]}/_isr/health")
             for prefix in {run.prefix_of(sc) for sc in scenarios}:

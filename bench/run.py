@@ -270,9 +270,13 @@ WRK_LINE = re.compile(r"Requests/sec:\s+([\d.]+)")
 LAT = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
+# The origin's pages of each size a scenario's name can end with.
+PREFIXES = {"16k": "/page/", "32k": "/p32k/", "64k": "/p64k/", "128k": "/big/"}
+
+
 def prefix_of(scenario):
     """The origin's pages of a scenario's size (its name's end: 16k, 32k, 64k or 128k)."""
-    return {"16k": "/page/", "32k": "/p32k/", "64k": "/p64k/", "128k": "/big/"}[scenario.rsplit("-", 1)[1]]
+    return PREFIXES[scenario.rsplit("-", 1)[1]]
 
 
 def wrk(target, scenario, duration, server_pid, others=()):

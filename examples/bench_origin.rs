@@ -62,17 +62,19 @@ fn page(n: u64, size: usize, version: u64) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The page prefixes and their sizes; the two between 16 and 128 KiB are for finding where
+/// sending from a file starts to pay (bench/ab.py).
+const SIZES: [(&str, usize); 4] = [
+    ("/page/", SMALL),
+    ("/p32k/", 32 * 1024),
+    ("/p64k/", 64 * 1024),
+    ("/big/", BIG),
+];
+
 fn parse(path: &str) -> Option<(u64, usize)> {
-    if let Some(n) = path.strip_prefix("/page/") {
-        return Some((n.parse().ok()?, SMALL));
-    }
-    // Between the two, for finding where sending from a file starts to pay (bench/ab.py).
-    for (prefix, kib) in [("/p32k/", 32), ("/p64k/", 64)] {
-        if let Some(n) = path.strip_prefix(prefix) {
-            return Some((n.parse().ok()?, kib * 1024));
-        }
-    }
-    Some((path.strip_prefix("/big/")?.parse().ok()?, BIG))
+    SIZES
+        .iter()
+        .find_map(|&(prefix, size)| Some((path.strip_prefix(prefix)?.parse().ok()?, size)))
 }
 
 #[derive(Default)]
