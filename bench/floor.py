@@ -2,7 +2,8 @@
 """How far could a specialised hit path go? nginx static and isr against three floors on
 one hot 16 KiB URL and the 1,000-URL spread: bare hyper (hyper, one in-memory page, no
 cache logic), a hand-written HTTP/1 loop copying the page from memory, and the same loop
-sending it from a memfd with sendfile (zero-copy, as nginx does).
+sending it from a memfd with sendfile (zero-copy, as nginx does), and the same loop with
+head and body in one memfd sent by one sendfile.
 
     python3 bench/floor.py [--reps 3] [--duration 5]
 
@@ -17,7 +18,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
-FLOORS = {"bare-hyper": 19101, "floor-copy": 19102, "floor-sendfile": 19103}
+FLOORS = {"bare-hyper": 19101, "floor-copy": 19102, "floor-sendfile": 19103, "floor-whole": 19104}
 
 
 def main():
@@ -41,7 +42,8 @@ def main():
         run.start_targets(s, ["nginx-static", "isr"], work, static_dir)
         s.start("bare-hyper", [f"{ex}/bare_hyper", f"127.0.0.1:{FLOORS['bare-hyper']}"])
         s.start("floor-copy", [f"{ex}/floor", "copy", f"127.0.0.1:{FLOORS['floor-copy']}"])
-        s.start("floor-sendfile", [f"{ex}/floor", "sendfile", f"127.0.0.1:{FLOORS['floor-sendfile']}"])
+        for mode in ("sendfile", "whole"):
+            s.start(f"floor-{mode}", [f"{ex}/floor", mode, f"127.0.0.1:{FLOORS[f'floor-{mode}']}"])
         for t in FLOORS:
             run.wait_up(f"http://127.0.0.1:{FLOORS[t]}/page/0")
         run.warm(["nginx-static", "isr"])

@@ -27,10 +27,11 @@ async fn run() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "sendfile".into());
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:19201".into());
-    let zero_copy = match mode.as_str() {
-        "copy" => false,
-        "sendfile" => true,
-        other => panic!("mode must be copy or sendfile, not {other}"),
+    let mode = match mode.as_str() {
+        "copy" => Mode::Copy,
+        "sendfile" => Mode::Sendfile,
+        "whole" => Mode::Whole,
+        other => panic!("mode must be copy, sendfile or whole, not {other}"),
     };
     let size: usize =
         std::env::var("FLOOR_SIZE").map_or(16 * 1024, |s| s.parse().expect("FLOOR_SIZE"));
@@ -38,12 +39,16 @@ async fn run() {
         "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {size}\r\nx-isr-cache: HIT\r\ncache-control: s-maxage=60\r\n\r\n"
     );
     let body = vec![b'x'; size];
-    let memfd = rustix::fs::memfd_create("page", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
-    std::fs::File::from(memfd.try_clone().expect("dup"))
-        .write_all(&body)
-        .expect("fill memfd");
     let mut whole = head.clone().into_bytes();
     whole.extend_from_slice(&body);
+    let memfd = rustix::fs::memfd_create("page", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+    let (file_bytes, file_len) = match mode {
+        Mode::Whole => (&whole, whole.len()),
+        _ => (&body, size),
+    };
+    std::fs::File::from(memfd.try_clone().expect("dup"))
+        .write_all(file_bytes)
+        .expect("fill memfd");
     let whole: &'static [u8] = Box::leak(whole.into_boxed_slice());
     let head: &'static [u8] = Box::leak(head.into_bytes().into_boxed_slice());
     let memfd: &'static std::os::fd::OwnedFd = Box::leak(Box::new(memfd));
@@ -55,18 +60,29 @@ async fn run() {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let _ = serve(stream, zero_copy.then_some(size), head, whole, memfd).await;
+            let _ = serve(stream, mode, head, whole, memfd, file_len).await;
         });
     }
 }
 
 /// Reads requests and answers each one, until the peer closes.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Head and body copied from memory in one write.
+    Copy,
+    /// Head with MSG_MORE, then the body from a memfd with `sendfile`.
+    Sendfile,
+    /// Head and body, one after the other in a memfd, in one `sendfile`.
+    Whole,
+}
+
 async fn serve(
     mut stream: TcpStream,
-    zero_copy: Option<usize>,
+    mode: Mode,
     head: &[u8],
     whole: &[u8],
     memfd: &std::os::fd::OwnedFd,
+    file_len: usize,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -77,10 +93,10 @@ async fn serve(
         let mut start = 0;
         while let Some(end) = find_end(&buf[start..]) {
             start += end;
-            if let Some(size) = zero_copy {
-                send_zero_copy(&mut stream, head, memfd, size).await?;
-            } else {
-                stream.write_all(whole).await?;
+            match mode {
+                Mode::Copy => stream.write_all(whole).await?,
+                Mode::Sendfile => send_zero_copy(&mut stream, head, memfd, file_len).await?,
+                Mode::Whole => send_zero_copy(&mut stream, b"", memfd, file_len).await?,
             }
         }
         buf.drain(..start);

@@ -2,7 +2,7 @@
 //! (identity, and Brotli and gzip variants made once when it was generated).
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -155,6 +155,9 @@ pub struct Entry {
     /// `meta.headers`, parsed once.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     etags: [HeaderValue; 3],
+    /// The fixed part of each encoding's HTTP/1 response head, rendered by the hit lane on
+    /// the first answer in that encoding and copied as it is into every later one.
+    wire_heads: [OnceLock<Box<[u8]>>; 3],
 }
 
 impl Entry {
@@ -201,6 +204,7 @@ impl Entry {
             gzip,
             headers,
             etags,
+            wire_heads: Default::default(),
         }
     }
 
@@ -258,6 +262,7 @@ impl Entry {
             gzip: gzip.or_else(|| self.gzip.clone()),
             headers: self.headers.clone(),
             etags: self.etags.clone(),
+            wire_heads: self.wire_heads.clone(),
         })
     }
 
@@ -281,6 +286,12 @@ impl Entry {
         &self.etags[e as usize]
     }
 
+    /// The fixed part of the response head in encoding `e`, made by `render` the first
+    /// time it is asked for.
+    pub(crate) fn wire_head(&self, e: Encoding, render: impl FnOnce() -> Vec<u8>) -> &[u8] {
+        self.wire_heads[e as usize].get_or_init(|| render().into_boxed_slice())
+    }
+
     /// True when compressed variants exist (so the response varies by `Accept-Encoding`).
     pub fn varies(&self) -> bool {
         self.br.is_some() || self.gzip.is_some()
@@ -288,19 +299,23 @@ impl Entry {
 
     /// Bytes this entry holds in memory (for the hot tier's budget). The constant covers
     /// the struct, parsed headers, ETags and the tier's own bookkeeping: measured at about
-    /// 1.5 KiB per entry with a million 16 KiB pages (BENCHMARKS.md).
+    /// 1.5 KiB per entry with a million 16 KiB pages (BENCHMARKS.md). The response heads
+    /// the hit lane renders on the first hits are counted ahead, once per encoding.
     pub fn weight(&self) -> u64 {
         let bodies = self.identity.len()
             + self.br.as_ref().map_or(0, Body::len)
             + self.gzip.as_ref().map_or(0, Body::len);
-        let headers: usize = self
+        let header_bytes: usize = self
             .meta
             .headers
             .iter()
-            .map(|(n, v)| n.len() + v.len() + 64)
+            .map(|(n, v)| n.len() + v.len())
             .sum();
+        let headers = header_bytes + 64 * self.meta.headers.len();
+        let encodings = 1 + usize::from(self.br.is_some()) + usize::from(self.gzip.is_some());
+        let wire_heads = encodings * (header_bytes + 4 * self.meta.headers.len() + 160);
         let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
-        (bodies + headers + tags + 1536) as u64
+        (bodies + headers + wire_heads + tags + 1536) as u64
     }
 }
 

@@ -58,6 +58,7 @@ impl Front {
     ) -> Handoff {
         let mut buf = BytesMut::with_capacity(4096);
         let mut out = Vec::with_capacity(1024);
+        let mut key = String::with_capacity(256);
         // As hyper's header_read_timeout: a head must arrive within this.
         let limits = &self.engine.config().limits;
         let head_timeout = limits.header_read_timeout;
@@ -80,11 +81,11 @@ impl Front {
                             let _ = stream.write_all(REFUSE_SMUGGLING).await;
                             return Handoff::Closed;
                         }
-                        let Some(ask) = self.ask(&req) else {
+                        let Some(ask) = self.ask(&req, &mut key) else {
                             return Handoff::Hyper(buf.freeze());
                         };
                         out.clear();
-                        let hot = self.engine.hot().get(&ask.key);
+                        let hot = self.engine.hot().get(ask.key);
                         let body = match hot.and_then(|e| self.answer_from(&ask, e, &mut out)) {
                             Some(body) => body,
                             // Not in the memory tier, or expired: the engine serves it here
@@ -95,7 +96,7 @@ impl Front {
                             None => match self.serve_here(&ask, &mut out).await {
                                 Ok(body) => body,
                                 Err(served) => {
-                                    let key = ask.key;
+                                    let key = ask.key.to_owned();
                                     return Handoff::Served(buf.freeze(), key, *served);
                                 }
                             },
@@ -137,7 +138,8 @@ impl Front {
 
     /// What a plain `GET`/`HEAD` of a cacheable page asks for, or `None` when the request
     /// needs hyper whatever the cache holds.
-    fn ask<'r>(&self, req: &httparse::Request<'_, 'r>) -> Option<Ask<'r>> {
+    /// The cache key is built in `key`, the connection's buffer for it.
+    fn ask<'r>(&self, req: &httparse::Request<'_, 'r>, key: &'r mut String) -> Option<Ask<'r>> {
         let head = match req.method? {
             "GET" => false,
             "HEAD" => true,
@@ -151,10 +153,7 @@ impl Front {
             return None;
         }
         let cfg = self.engine.config();
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (target, None),
-        };
+        let (path, query) = key::split_target(target);
         if cfg.api_path.as_deref() == Some(path) || cfg.debug_cache {
             return None;
         }
@@ -189,8 +188,8 @@ impl Front {
                 return None;
             }
         }
-        let key = key::normalize(path, query, &cfg.cache.ignore_query);
-        let path = key::path_of(&key);
+        key::normalize_into(key, path, query, &cfg.cache.ignore_query);
+        let path = key::path_of(key);
         if self.engine.routes().bypasses(path) || self.engine.is_dropped(path) {
             return None;
         }
@@ -206,7 +205,7 @@ impl Front {
     /// returns its body (`None` for `HEAD` and 304), or `None` when `e` has expired.
     fn answer_from(&self, ask: &Ask<'_>, e: Arc<Entry>, out: &mut Vec<u8>) -> Option<Option<Body>> {
         let now = self.engine.now();
-        let served = self.engine.answer_cached(&ask.key, e, now).ok()?;
+        let served = self.engine.answer_cached(ask.key, e, now).ok()?;
         self.write_served(ask, served, now, out).ok()
     }
 
@@ -220,7 +219,7 @@ impl Front {
         out: &mut Vec<u8>,
     ) -> Result<Option<Body>, Box<Served>> {
         let limit = self.engine.config().limits.request_timeout;
-        let Ok(served) = tokio::time::timeout(limit, self.engine.serve(&ask.key)).await else {
+        let Ok(served) = tokio::time::timeout(limit, self.engine.serve(ask.key)).await else {
             tracing::warn!(key = %ask.key, timeout = ?limit, "request took longer than [limits] request_timeout");
             write_timeout(out, ask.head);
             return Ok(None);
@@ -242,7 +241,7 @@ impl Front {
             Served::Hit(e) => (e, CacheState::Hit, Freshness::Fresh),
             Served::Stale(e) => (e, CacheState::Stale, Freshness::Stale),
             Served::Miss(e) => {
-                let freshness = self.engine.freshness(&ask.key, &e.meta, now);
+                let freshness = self.engine.freshness(ask.key, &e.meta, now);
                 (e, CacheState::Miss, freshness)
             }
             other => return Err(Box::new(other)),
@@ -287,7 +286,7 @@ const REFUSE_SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text
 /// A request the lane can answer from a cached page: its cache key, whether it is a
 /// `HEAD`, and the request headers the response depends on.
 struct Ask<'a> {
-    key: String,
+    key: &'a str,
     head: bool,
     accept: Option<&'a [u8]>,
     if_none_match: Option<&'a [u8]>,
@@ -309,28 +308,16 @@ fn write_head(
         && ask
             .if_none_match
             .is_some_and(|inm| entry::if_none_match_bytes(inm, e.etag(encoding)));
-    let status = if not_modified {
-        http::StatusCode::NOT_MODIFIED
+    if not_modified {
+        status_line(out, http::StatusCode::NOT_MODIFIED);
+        header(out, b"etag", e.etag(encoding).as_bytes());
+        if e.varies() {
+            header(out, b"vary", b"Accept-Encoding");
+        }
     } else {
-        http::StatusCode::from_u16(e.meta.status).unwrap_or(http::StatusCode::OK)
-    };
-    let mut num = itoa::Buffer::new();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if !not_modified {
-        for (n, v) in &e.headers {
-            header(out, n.as_str().as_bytes(), v.as_bytes());
-        }
-        if let Some(ce) = encoding.header() {
-            header(out, b"content-encoding", ce.as_bytes());
-        }
-        if status != http::StatusCode::NO_CONTENT {
-            header(out, b"content-length", num.format(body.len()).as_bytes());
-        }
+        out.extend_from_slice(e.wire_head(encoding, || fixed_head(e, encoding, body.len())));
     }
+    let mut num = itoa::Buffer::new();
     header(out, b"x-isr-cache", state.as_str().as_bytes());
     let timing = e.meta.timing();
     header(
@@ -338,7 +325,6 @@ fn write_head(
         b"age",
         num.format(policy::secs(timing.age(now))).as_bytes(),
     );
-    header(out, b"etag", e.etag(encoding).as_bytes());
     let cache_control = policy::CacheControl::of(&timing, freshness, now);
     if emit_tags {
         let text = cache_control.to_string();
@@ -349,12 +335,45 @@ fn write_head(
     out.extend_from_slice(b"cache-control: ");
     cache_control.write(out);
     out.extend_from_slice(b"\r\n");
-    if e.varies() {
-        header(out, b"vary", b"Accept-Encoding");
-    }
     DATE.with(|d| d.write(out));
     out.extend_from_slice(b"\r\n");
     (!not_modified).then(|| body.clone())
+}
+
+/// What every answer of `e` in `encoding` (other than a 304) starts with: the status line,
+/// the stored headers, `Content-Encoding`, `Content-Length`, `ETag` and `Vary`. The lane
+/// renders it once per entry and encoding ([`Entry::wire_head`]); only `X-ISR-Cache`,
+/// `Age`, `Cache-Control` (and the CDN's tag headers) and `Date` are written per request.
+fn fixed_head(e: &Entry, encoding: entry::Encoding, len: usize) -> Vec<u8> {
+    let status = http::StatusCode::from_u16(e.meta.status).unwrap_or(http::StatusCode::OK);
+    let mut out = Vec::with_capacity(256);
+    status_line(&mut out, status);
+    for (n, v) in &e.headers {
+        header(&mut out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    if let Some(ce) = encoding.header() {
+        header(&mut out, b"content-encoding", ce.as_bytes());
+    }
+    if status != http::StatusCode::NO_CONTENT {
+        header(
+            &mut out,
+            b"content-length",
+            itoa::Buffer::new().format(len).as_bytes(),
+        );
+    }
+    header(&mut out, b"etag", e.etag(encoding).as_bytes());
+    if e.varies() {
+        header(&mut out, b"vary", b"Accept-Encoding");
+    }
+    out
+}
+
+fn status_line(out: &mut Vec<u8>, status: http::StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
