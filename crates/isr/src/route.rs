@@ -17,6 +17,9 @@ pub struct Rules {
 pub struct Routes {
     router: matchit::Router<usize>,
     routes: Vec<RouteConfig>,
+    /// Whether any route is `cache = false` (when none is, no request needs a match to
+    /// know it is not bypassed).
+    any_bypass: bool,
 }
 
 impl Routes {
@@ -30,6 +33,7 @@ impl Routes {
         Routes {
             router,
             routes: routes.to_vec(),
+            any_bypass: routes.iter().any(|r| !r.cache),
         }
     }
 
@@ -90,9 +94,11 @@ impl Routes {
 
     /// True when the route of `path` is `cache = false`.
     pub fn bypasses(&self, path: &str) -> bool {
-        self.router
-            .at(path)
-            .is_ok_and(|m| !self.routes[*m.value].cache)
+        self.any_bypass
+            && self
+                .router
+                .at(path)
+                .is_ok_and(|m| !self.routes[*m.value].cache)
     }
 }
 
@@ -163,6 +169,7 @@ mod tests {
         assert_eq!(routes.rules("/blog/hello").tags, ["posts", "post-hello"]);
         assert_eq!(routes.rules("/blog/about").tags, ["about"]);
         assert!(routes.bypasses("/api/x/y"));
+        assert!(!routes.bypasses("/blog/hello") && !routes.bypasses("/other"));
         assert_eq!(routes.rules("/api/x/y").tags, ["api-x/y"]);
         let none = routes.rules("/other");
         assert!(none.cache && none.tags.is_empty() && none.revalidate.is_none());
