@@ -4,7 +4,9 @@
 # (counters zeroed after the warm-up). Deterministic to about 0.1 %, where timings on this
 # machine swing by 10 %: for changes to isr's own work per hit (the kernel's is not counted).
 #   bash bench/instructions.sh BINARY... [N]   (N defaults to 5000; installs valgrind;
-#   PIN="taskset -c 0" runs isr on one CPU)
+#   PIN="taskset -c 0" runs isr on one CPU; LOAD=SECONDS replaces the N GETs on one
+#   connection by `wrk -t1 -c64` for that long (needs wrk), so that epoll waits are shared
+#   by many hits as in the benchmarks, and counts per request wrk made)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=5000
@@ -36,7 +38,11 @@ EOT
   until curl -sf -o /dev/null http://127.0.0.1:19405/page/1; do sleep 0.2; done
   curl -s -K "$dir/warm"
   callgrind_control -z "$vg" >/dev/null 2>&1
-  curl -s -K "$dir/urls"
+  if [ -n "${LOAD:-}" ]; then
+    n=$(taskset -c 1 wrk -t1 -c64 -d"${LOAD}s" http://127.0.0.1:19405/page/1 | awk '/requests in/ { print $1 }')
+  else
+    curl -s -K "$dir/urls"
+  fi
   callgrind_control -d "$vg" >/dev/null 2>&1
   sleep 1
   kill "$vg"; wait "$vg" 2>/dev/null || true
