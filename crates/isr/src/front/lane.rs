@@ -310,10 +310,7 @@ fn write_head(
             .is_some_and(|inm| entry::if_none_match_bytes(inm, e.etag(encoding)));
     if not_modified {
         status_line(out, http::StatusCode::NOT_MODIFIED);
-        header(out, b"etag", e.etag(encoding).as_bytes());
-        if e.varies() {
-            header(out, b"vary", b"Accept-Encoding");
-        }
+        etag_and_vary(out, e, encoding);
     } else {
         out.extend_from_slice(e.wire_head(encoding, || fixed_head(e, encoding, body.len())));
     }
@@ -361,11 +358,16 @@ fn fixed_head(e: &Entry, encoding: entry::Encoding, len: usize) -> Vec<u8> {
             itoa::Buffer::new().format(len).as_bytes(),
         );
     }
-    header(&mut out, b"etag", e.etag(encoding).as_bytes());
-    if e.varies() {
-        header(&mut out, b"vary", b"Accept-Encoding");
-    }
+    etag_and_vary(&mut out, e, encoding);
     out
+}
+
+/// `ETag`, and `Vary` when the page has compressed variants: in every answer, 304s too.
+fn etag_and_vary(out: &mut Vec<u8>, e: &Entry, encoding: entry::Encoding) {
+    header(out, b"etag", e.etag(encoding).as_bytes());
+    if e.varies() {
+        header(out, b"vary", b"Accept-Encoding");
+    }
 }
 
 fn status_line(out: &mut Vec<u8>, status: http::StatusCode) {
