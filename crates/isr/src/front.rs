@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::admin;
 use crate::api::{self, ApiError, SecretThrottle, Secrets};
 
+mod hits;
 mod lane;
 use crate::body::{Body, Boxed};
 use crate::engine::{Engine, Outcome, Served};
@@ -106,6 +107,20 @@ impl Front {
         // At most max_connections at once: past that, new connections wait in the
         // kernel's backlog until one closes.
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        // Hits on the public listener are answered by the hit loops; the private listener
+        // goes straight to hyper.
+        let hits = if trusted {
+            None
+        } else {
+            match hits::Hits::start(self.clone(), stopping.clone()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start the hit loops; hits are answered on tokio");
+                    None
+                }
+            }
+        };
+        let _close_hits = hits.clone().map(hits::CloseOnDrop);
         tokio::pin!(shutdown);
         loop {
             let slot = tokio::select! {
@@ -124,60 +139,40 @@ impl Front {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let front = self.clone();
-            let watcher = connections.watcher();
-            let mut stopping = stopping.clone();
-            let in_lane = lane_connections.clone();
-            let request_timeout = limits.request_timeout;
-            let (head_timeout, max_head) = (limits.header_read_timeout, limits.max_header_bytes);
-            tokio::spawn(async move {
-                let _slot = slot;
-                let mut stream = stream;
-                // Hits on the public listener are answered without hyper until a request
-                // needs it; the private listener goes straight to hyper.
-                let (prefix, first) = if trusted {
-                    (Bytes::new(), None)
-                } else {
-                    match front.lane(&mut stream, &mut stopping).await {
-                        lane::Handoff::Closed => return,
-                        lane::Handoff::Hyper(prefix) => (prefix, None),
-                        lane::Handoff::Served(prefix, key, served) => (prefix, Some((key, served))),
-                    }
-                };
-                drop(in_lane);
-                // The outcome the lane already has for the first request hyper reads.
-                let first = std::sync::Mutex::new(first);
-                let service = service_fn(move |req| {
-                    let front = front.clone();
-                    let served = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    async move {
-                        let req = req.map(crate::body::boxed);
-                        let answer = front.handle_served(req, remote, trusted, served);
-                        let res = tokio::time::timeout(request_timeout, answer)
-                            .await
-                            .unwrap_or_else(|_| {
-                                tracing::warn!(client = %remote.ip(), timeout = ?request_timeout, "request took longer than [limits] request_timeout");
-                                plain(StatusCode::GATEWAY_TIMEOUT, lane::TIMEOUT_TEXT)
-                            });
-                        Ok::<_, Infallible>(res)
-                    }
-                });
-                let mut http = hyper::server::conn::http1::Builder::new();
-                http.timer(TokioTimer::new())
-                    .header_read_timeout(head_timeout)
-                    .max_buf_size(max_head);
-                let io = TokioIo::new(lane::Rewind {
-                    prefix,
-                    inner: stream,
-                });
-                let conn = watcher.watch(http.serve_connection(io, service));
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+            let held = lane::Held {
+                remote,
+                slot,
+                watcher: connections.watcher(),
+                in_lane: lane_connections.clone(),
+            };
+            match &hits {
+                Some(hits) => match stream.into_std() {
+                    Ok(stream) => hits.add(stream, held),
+                    Err(e) => tracing::warn!(error = %e, "could not take a connection off tokio"),
+                },
+                None => {
+                    let first = if trusted {
+                        lane::Start::Hyper(Bytes::new())
+                    } else {
+                        lane::Start::Lane(bytes::BytesMut::new())
+                    };
+                    let conn = self.clone().connection(
+                        stream,
+                        held,
+                        first,
+                        trusted,
+                        stopping.clone(),
+                        None,
+                    );
+                    tokio::spawn(conn);
                 }
-            });
+            }
         }
         drop(listener);
         let _ = stop.send(true);
+        if let Some(hits) = &hits {
+            hits.stop();
+        }
         let open = connections.count() + Arc::strong_count(&lane_connections) - 1;
         tracing::info!(open, "stopped accepting; finishing requests in flight");
         let finished = async {
@@ -188,6 +183,86 @@ impl Front {
         };
         if tokio::time::timeout(grace, finished).await.is_err() {
             tracing::warn!(grace = ?grace, "grace period over; closing the remaining connections");
+        }
+    }
+
+    /// One connection's life on tokio (`trusted`: from the private listener): from
+    /// `first`, the lane (given back to `hits` once
+    /// it has nothing to read, when there are hit loops), then hyper for good.
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: tokio::net::TcpStream,
+        held: lane::Held,
+        first: lane::Start,
+        trusted: bool,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+        hits: Option<hits::Hits>,
+    ) {
+        let lane::Held {
+            remote,
+            slot: _slot,
+            watcher,
+            in_lane,
+        } = held;
+        let (prefix, first) = match first {
+            lane::Start::Hyper(prefix) => (prefix, None),
+            lane::Start::Lane(buf) => {
+                match self
+                    .lane(&mut stream, &mut stopping, buf, hits.is_some())
+                    .await
+                {
+                    lane::Handoff::Closed => return,
+                    lane::Handoff::Idle => {
+                        let held = lane::Held {
+                            remote,
+                            slot: _slot,
+                            watcher,
+                            in_lane,
+                        };
+                        match (hits, stream.into_std()) {
+                            (Some(hits), Ok(stream)) => hits.add(stream, held),
+                            _ => tracing::debug!("a connection could not go back to the hit loops"),
+                        }
+                        return;
+                    }
+                    lane::Handoff::Hyper(prefix) => (prefix, None),
+                    lane::Handoff::Served(prefix, key, served) => (prefix, Some((key, served))),
+                }
+            }
+        };
+        drop(in_lane);
+        let limits = &self.engine.config().limits;
+        let request_timeout = limits.request_timeout;
+        let (head_timeout, max_head) = (limits.header_read_timeout, limits.max_header_bytes);
+        // The outcome the lane already has for the first request hyper reads.
+        let first = std::sync::Mutex::new(first);
+        let front = self.clone();
+        let service = service_fn(move |req| {
+            let front = front.clone();
+            let served = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+            async move {
+                let req = req.map(crate::body::boxed);
+                let answer = front.handle_served(req, remote, trusted, served);
+                let res = tokio::time::timeout(request_timeout, answer)
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::warn!(client = %remote.ip(), timeout = ?request_timeout, "request took longer than [limits] request_timeout");
+                        plain(StatusCode::GATEWAY_TIMEOUT, lane::TIMEOUT_TEXT)
+                    });
+                Ok::<_, Infallible>(res)
+            }
+        });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(head_timeout)
+            .max_buf_size(max_head);
+        let io = TokioIo::new(lane::Rewind {
+            prefix,
+            inner: stream,
+        });
+        let conn = watcher.watch(http.serve_connection(io, service));
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 

@@ -42,21 +42,44 @@ pub(super) enum Handoff {
     /// Hand it to hyper, which must first read these bytes and answer the first request
     /// in them (for this cache key) with this outcome: the engine already served it.
     Served(Bytes, String, Served),
+    /// Nothing left to read after an answer: back to the hit loops (only when the lane
+    /// was asked to give connections back).
+    Idle,
+}
+
+/// Where a connection starts on tokio, with the bytes already read from it.
+pub(super) enum Start {
+    /// In the lane.
+    Lane(BytesMut),
+    /// In hyper.
+    Hyper(Bytes),
+}
+
+/// What an accepted connection holds until it closes: its place under `[limits]
+/// max_connections`, in hyper's graceful shutdown and in the lane's count, and its peer.
+pub(super) struct Held {
+    pub(super) remote: std::net::SocketAddr,
+    pub(super) slot: tokio::sync::OwnedSemaphorePermit,
+    pub(super) watcher: hyper_util::server::graceful::Watcher,
+    pub(super) in_lane: Tracker,
 }
 
 /// A head larger than this (or than `[limits] max_header_bytes`) goes to hyper, which
 /// answers 431 when it is over the limit.
-const MAX_HEAD: usize = 16 * 1024;
-const MAX_HEADERS: usize = 48;
+pub(super) const MAX_HEAD: usize = 16 * 1024;
+pub(super) const MAX_HEADERS: usize = 48;
 
 impl Front {
-    /// Serves hits on `stream` until a request needs hyper, the peer closes or shutdown.
+    /// Serves hits on `stream`, after the bytes in `buf`, until a request needs hyper, the
+    /// peer closes or shutdown; with `give_back`, also once an answer leaves nothing to
+    /// read (for the hit loops, which answer hits at less cost).
     pub(super) async fn lane(
         &self,
         stream: &mut TcpStream,
         shutdown: &mut watch::Receiver<bool>,
+        mut buf: BytesMut,
+        give_back: bool,
     ) -> Handoff {
-        let mut buf = BytesMut::with_capacity(4096);
         let mut out = Vec::with_capacity(1024);
         let mut key = String::with_capacity(256);
         // As hyper's header_read_timeout: a head must arrive within this.
@@ -110,6 +133,9 @@ impl Front {
                         if ok.is_err() {
                             return Handoff::Closed;
                         }
+                        if give_back && buf.is_empty() && !*shutdown.borrow() {
+                            return Handoff::Idle;
+                        }
                         continue;
                     }
                     Ok(httparse::Status::Partial) if buf.len() < max_head => {}
@@ -139,7 +165,11 @@ impl Front {
     /// What a plain `GET`/`HEAD` of a cacheable page asks for, or `None` when the request
     /// needs hyper whatever the cache holds.
     /// The cache key is built in `key`, the connection's buffer for it.
-    fn ask<'r>(&self, req: &httparse::Request<'_, 'r>, key: &'r mut String) -> Option<Ask<'r>> {
+    pub(super) fn ask<'r>(
+        &self,
+        req: &httparse::Request<'_, 'r>,
+        key: &'r mut String,
+    ) -> Option<Ask<'r>> {
         let head = match req.method? {
             "GET" => false,
             "HEAD" => true,
@@ -203,7 +233,12 @@ impl Front {
 
     /// Writes the head of the answer to `ask` from the memory tier's `e` into `out` and
     /// returns its body (`None` for `HEAD` and 304), or `None` when `e` has expired.
-    fn answer_from(&self, ask: &Ask<'_>, e: Arc<Entry>, out: &mut Vec<u8>) -> Option<Option<Body>> {
+    pub(super) fn answer_from(
+        &self,
+        ask: &Ask<'_>,
+        e: Arc<Entry>,
+        out: &mut Vec<u8>,
+    ) -> Option<Option<Body>> {
         let now = self.engine.now();
         let served = self.engine.answer_cached(ask.key, e, now).ok()?;
         self.write_served(ask, served, now, out).ok()
@@ -276,17 +311,17 @@ fn write_timeout(out: &mut Vec<u8>, head: bool) {
 /// A head with both `Content-Length` and `Transfer-Encoding`: the classic request
 /// smuggling ambiguity. hyper would serve it by `Transfer-Encoding` alone and close the
 /// connection (RFC 9112 section 6.1), which is safe; isr refuses it outright where it can.
-fn smuggling(headers: &[httparse::Header<'_>]) -> bool {
+pub(super) fn smuggling(headers: &[httparse::Header<'_>]) -> bool {
     let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
     has("content-length") && has("transfer-encoding")
 }
 
-const REFUSE_SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 58\r\nconnection: close\r\n\r\nContent-Length and Transfer-Encoding together are refused\n";
+pub(super) const REFUSE_SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 58\r\nconnection: close\r\n\r\nContent-Length and Transfer-Encoding together are refused\n";
 
 /// A request the lane can answer from a cached page: its cache key, whether it is a
 /// `HEAD`, and the request headers the response depends on.
-struct Ask<'a> {
-    key: &'a str,
+pub(super) struct Ask<'a> {
+    pub(super) key: &'a str,
     head: bool,
     accept: Option<&'a [u8]>,
     if_none_match: Option<&'a [u8]>,
