@@ -1,7 +1,9 @@
-//! The hit lane: a connection starts here, and every plain `GET`/`HEAD` of a cacheable
+//! The hit lane: a connection the hit loops ([`super::hits`]) cannot answer comes here (or
+//! starts here when they could not start), and every plain `GET`/`HEAD` of a cacheable
 //! page is answered straight from the socket: a fresh or stale page from the memory tier
 //! or read back from the store, and a miss or an expired page once the engine has fetched
-//! and stored it (single flight, within `[limits] request_timeout`, as hyper's path).
+//! and stored it (single flight, within `[limits] request_timeout`, as hyper's path). Once
+//! an answer leaves nothing to read, the connection goes back to the hit loops.
 //! `httparse` reads the head, one `writev` sends headers and body, or for a body in a page
 //! file (or in the store's segment file) the headers go with `MSG_MORE` and the body with
 //! `sendfile`; an `If-None-Match`
