@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -291,9 +292,13 @@ def wrk(target, scenario, duration, server_pid, others=()):
     waited = wait_quiet()
     cpu0 = tree_cpu_seconds(server_pid)
     others0 = sum(tree_cpu_seconds(p) for p in others)
+    client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd + [url], capture_output=True, text=True,
                          env={**os.environ, "PREFIX": size_prefix, "PAGES": str(PAGES)}).stdout
     cpu = tree_cpu_seconds(server_pid) - cpu0
+    client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # wrk's own CPU: when it nears `duration`, wrk (not the server) sets the rate.
+    client_cpu = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
     others_cpu = sum(tree_cpu_seconds(p) for p in others) - others0
     rps = float(WRK_LINE.search(out).group(1))
     lat = {}
@@ -303,7 +308,7 @@ def wrk(target, scenario, duration, server_pid, others=()):
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "cpu_s": cpu,
             "hits_per_cpu_s": rps * duration / cpu if cpu > 0 else None,
-            "quiet_wait_s": round(waited, 1), "other_targets_cpu_s": round(others_cpu, 2),
+            "client_cpu_s": round(client_cpu, 2), "quiet_wait_s": round(waited, 1), "other_targets_cpu_s": round(others_cpu, 2),
             "non_2xx": int(errors.group(1)) if errors else 0,
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
@@ -325,7 +330,7 @@ def hits(args, s, targets):
                 r = wrk(t, scenario, args.duration, s.procs[t].pid, others)
                 r.update(target=t, scenario=scenario, rep=rep)
                 runs.append(r)
-                print(f"rep {rep} {scenario:12} {t:18} {r['rps']:>10.0f} rps  p99 {r['p99_ms']} ms  cpu {r['cpu_s']:.2f}s"
+                print(f"rep {rep} {scenario:12} {t:18} {r['rps']:>10.0f} rps  p99 {r['p99_ms']} ms  cpu {r['cpu_s']:.2f}s wrk {r['client_cpu_s']:.2f}s"
                       f"  (waited {r['quiet_wait_s']}s for quiet; other targets {r['other_targets_cpu_s']}s cpu)", flush=True)
     table = []
     for scenario in scenarios:
