@@ -1551,6 +1551,58 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_slow_reader_take_its_whole_hits_then_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let big = noise(11, 512 * 1024);
+    origin.set(
+        "/blog/big",
+        Spec {
+            body: Some(big.clone()),
+            ..Default::default()
+        },
+    );
+    let mut isr = Isr::start_with(&origin, &common::CONFIG.replace("64KiB", "1MiB")).await;
+    isr.get("/blog/big").await.unwrap();
+    assert_eq!(isr.get("/blog/big").await.unwrap().cache(), "HIT");
+    // Eight hits pipelined by a client with a small receive window, read only after
+    // shutdown has begun: the answers wait for the socket to drain.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = socket.connect(isr.addr).await.unwrap();
+    s.write_all(
+        "GET /blog/big HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(8)
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = tokio::task::spawn_blocking(move || isr.terminate());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answers = read_responses(&mut s, 8).await;
+    for (i, (head, body)) in answers.iter().enumerate() {
+        assert!(head.contains("x-isr-cache: hit"), "{i}: {head}");
+        assert!(
+            *body == big,
+            "answer {i}: the body differs from the origin's"
+        );
+    }
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open after its answers"
+    );
+    assert!(
+        rest.is_empty(),
+        "{} bytes after the eighth answer",
+        rest.len()
+    );
+    assert_eq!(stopped.await.unwrap(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn refresh_ahead_regenerates_a_popular_page_before_it_goes_stale() {
     let origin = Origin::start().await;
     let config = format!(

@@ -291,7 +291,14 @@ impl Loop {
         if readable {
             c.drained = false;
         }
-        let next = serve(&self.front, c, &mut self.key, now, self.stopping);
+        // A panic while answering closes this connection only, as it would end only its
+        // task on tokio: the loop goes on serving the others.
+        let (front, key, stopping) = (&self.front, &mut self.key, self.stopping);
+        let answer = std::panic::AssertUnwindSafe(|| serve(front, c, key, now, stopping));
+        let next = std::panic::catch_unwind(answer).unwrap_or_else(|_| {
+            tracing::error!("hit loop: answering a request panicked; its connection closes");
+            Next::Close
+        });
         match next {
             Next::Wait => {}
             Next::Close => {
