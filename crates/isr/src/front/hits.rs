@@ -7,8 +7,9 @@
 //! `Front::answer_from`): the same headers, byte for byte. Everything else leaves the loop
 //! with the bytes already read:
 //! - a request the memory tier cannot answer (a miss, an expired page, a page only in the
-//!   store) goes to the lane on tokio, which serves it through the engine and gives the
-//!   connection back here once it has nothing more to read;
+//!   store) goes to the lane on tokio, which serves it through the engine, and gives the
+//!   connection back here after a memory-tier hit that leaves nothing more to read (a
+//!   connection whose pages keep coming from the store stays there);
 //! - a request that needs hyper (a body, the `/_isr/` routes, a bypass, a head cut short)
 //!   goes to hyper through the lane's hand-off.
 //!
@@ -334,7 +335,8 @@ impl Loop {
         }
     }
 
-    /// Gives `c` to tokio: to hyper, or to the lane (which gives it back when it is done).
+    /// Gives `c` to tokio: to hyper, or to the lane (which gives it back after a
+    /// memory-tier hit).
     fn hand_off(&self, c: Conn, hyper: bool) {
         let front = self.front.clone();
         let stopping = self.shutdown.clone();

@@ -3,7 +3,7 @@
 //! page is answered straight from the socket: a fresh or stale page from the memory tier
 //! or read back from the store, and a miss or an expired page once the engine has fetched
 //! and stored it (single flight, within `[limits] request_timeout`, as hyper's path). Once
-//! an answer leaves nothing to read, the connection goes back to the hit loops.
+//! a memory-tier hit leaves nothing to read, the connection goes back to the hit loops.
 //! `httparse` reads the head, one `writev` sends headers and body, or for a body in a page
 //! file (or in the store's segment file) the headers go with `MSG_MORE` and the body with
 //! `sendfile`; an `If-None-Match`
@@ -44,8 +44,8 @@ pub(super) enum Handoff {
     /// Hand it to hyper, which must first read these bytes and answer the first request
     /// in them (for this cache key) with this outcome: the engine already served it.
     Served(Bytes, String, Served),
-    /// Nothing left to read after an answer: back to the hit loops (only when the lane
-    /// was asked to give connections back).
+    /// Nothing left to read after a memory-tier hit: back to the hit loops (only when the
+    /// lane was asked to give connections back).
     Idle,
 }
 
@@ -73,8 +73,8 @@ pub(super) const MAX_HEADERS: usize = 48;
 
 impl Front {
     /// Serves hits on `stream`, after the bytes in `buf`, until a request needs hyper, the
-    /// peer closes or shutdown; with `give_back`, also once an answer leaves nothing to
-    /// read (for the hit loops, which answer hits at less cost).
+    /// peer closes or shutdown; with `give_back`, also once a memory-tier hit leaves nothing
+    /// to read (for the hit loops, which answer those at less cost).
     pub(super) async fn lane(
         &self,
         stream: &mut TcpStream,
@@ -111,6 +111,7 @@ impl Front {
                         };
                         out.clear();
                         let hot = self.engine.hot().get(ask.key);
+                        let mut from_memory = true;
                         let body = match hot.and_then(|e| self.answer_from(&ask, e, &mut out)) {
                             Some(body) => body,
                             // Not in the memory tier, or expired: the engine serves it here
@@ -119,7 +120,10 @@ impl Front {
                             // Outcomes other than a page (a pass-through, an error, a 404)
                             // go to hyper with the outcome, never to be served twice.
                             None => match self.serve_here(&ask, &mut out).await {
-                                Ok(body) => body,
+                                Ok(body) => {
+                                    from_memory = false;
+                                    body
+                                }
                                 Err(served) => {
                                     let key = ask.key.to_owned();
                                     return Handoff::Served(buf.freeze(), key, *served);
@@ -135,7 +139,10 @@ impl Front {
                         if ok.is_err() {
                             return Handoff::Closed;
                         }
-                        if give_back && buf.is_empty() && !*shutdown.borrow() {
+                        // Back to the hit loops after a hit from the memory tier, which is what
+                        // they answer: a connection whose pages come from the store or the
+                        // origin stays here rather than move twice per request.
+                        if give_back && from_memory && buf.is_empty() && !*shutdown.borrow() {
                             return Handoff::Idle;
                         }
                         continue;
