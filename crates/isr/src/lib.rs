@@ -24,13 +24,14 @@
 //!   crash-safe; [`store::RedisStore`], shared by several nodes, which also hands out
 //!   per-page regeneration leases and carries revalidations to every node;
 //!   [`store::MemoryStore`]) and the byte-bounded [`store::HotTier`], which keeps large
-//!   bodies in sealed memory files ([`page_file`]) that the hit lane sends with `sendfile`.
+//!   bodies in sealed memory files ([`page_file`]) that are sent with `sendfile`.
 //! - [`origin`]: the HTTP client side: fetching pages with requests that never carry
 //!   visitor data, proxying bypassed requests, and turning responses into
 //!   [`entry::Entry`] values with Brotli and gzip variants.
 //! - [`front`]: the HTTP server, the `/_isr/` routes and response headers. Connections
-//!   start in its *hit lane*, which answers plain `GET`/`HEAD` hits on pages in memory
-//!   straight from the socket and hands anything else to hyper. It enforces `[limits]`
+//!   start in its *hit loops* (one epoll thread per CPU), which answer plain `GET`/`HEAD`
+//!   hits on pages in memory straight from the socket; misses and pages in the store go
+//!   to its *hit lane* on tokio, anything else to hyper. It enforces `[limits]`
 //!   (head timeout and size, connections, request time, API body size, and the
 //!   per-address limit on wrong secrets kept by [`api::SecretThrottle`]).
 //! - [`cdn`]: purging the CDN layers in front of isr (`[[cdn]]`: HTTP `PURGE` with
