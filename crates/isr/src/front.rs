@@ -187,8 +187,8 @@ impl Front {
     }
 
     /// One connection's life on tokio (`trusted`: from the private listener): from
-    /// `first`, the lane (given back to `hits` once
-    /// it has nothing to read, when there are hit loops), then hyper for good.
+    /// `first`, the lane (which gives it back to `hits`, when there are hit loops, after a
+    /// memory-tier hit), then hyper for good.
     async fn connection(
         self: Arc<Self>,
         mut stream: tokio::net::TcpStream,
@@ -198,27 +198,13 @@ impl Front {
         mut stopping: tokio::sync::watch::Receiver<bool>,
         hits: Option<hits::Hits>,
     ) {
-        let lane::Held {
-            remote,
-            slot: _slot,
-            watcher,
-            in_lane,
-        } = held;
         let (prefix, first) = match first {
             lane::Start::Hyper(prefix) => (prefix, None),
             lane::Start::Lane(buf) => {
-                match self
-                    .lane(&mut stream, &mut stopping, buf, hits.is_some())
-                    .await
-                {
+                let give_back = hits.is_some();
+                match self.lane(&mut stream, &mut stopping, buf, give_back).await {
                     lane::Handoff::Closed => return,
                     lane::Handoff::Idle => {
-                        let held = lane::Held {
-                            remote,
-                            slot: _slot,
-                            watcher,
-                            in_lane,
-                        };
                         match (hits, stream.into_std()) {
                             (Some(hits), Ok(stream)) => hits.add(stream, held),
                             _ => tracing::debug!("a connection could not go back to the hit loops"),
@@ -230,6 +216,12 @@ impl Front {
                 }
             }
         };
+        let lane::Held {
+            remote,
+            slot: _slot,
+            watcher,
+            in_lane,
+        } = held;
         drop(in_lane);
         let limits = &self.engine.config().limits;
         let request_timeout = limits.request_timeout;
