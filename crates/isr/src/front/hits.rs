@@ -34,7 +34,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::watch;
 
-use super::lane::{self, Held, Start};
+use super::lane::{self, Head, Held, Start};
 use super::Front;
 use crate::entry::Body;
 
@@ -293,15 +293,21 @@ impl Loop {
             tracing::error!("hit loop: answering a request panicked; its connection closes");
             Next::Close
         });
+        self.settle(i, next);
+    }
+
+    /// Does what `next` says with connection `i`: leaves it, closes it, or hands it to tokio.
+    fn settle(&mut self, i: usize, next: Next) {
+        if matches!(next, Next::Wait) {
+            return;
+        }
+        let Some(mut c) = self.conns[i].take() else {
+            return;
+        };
+        self.free.push(i);
         match next {
-            Next::Wait => {}
-            Next::Close => {
-                self.conns[i] = None;
-                self.free.push(i);
-            }
+            Next::Wait | Next::Close => {}
             Next::Lane | Next::Hyper => {
-                let mut c = self.conns[i].take().expect("present");
-                self.free.push(i);
                 let _ = self.poll.registry().deregister(&mut c.stream);
                 self.hand_off(c, matches!(next, Next::Hyper));
             }
@@ -316,15 +322,12 @@ impl Loop {
             if c.writing() || now.duration_since(c.since) < head_timeout {
                 continue;
             }
-            if c.buf.is_empty() {
-                self.conns[i] = None;
-                self.free.push(i);
+            let next = if c.buf.is_empty() {
+                Next::Close
             } else {
-                let mut c = self.conns[i].take().expect("present");
-                self.free.push(i);
-                let _ = self.poll.registry().deregister(&mut c.stream);
-                self.hand_off(c, true);
-            }
+                Next::Hyper
+            };
+            self.settle(i, next);
         }
     }
 
@@ -355,7 +358,6 @@ impl Loop {
 
 /// Reads, answers and writes on `c` until it would block or must leave the loop.
 fn serve(front: &Front, c: &mut Conn, key: &mut String, now: Instant, stopping: bool) -> Next {
-    let max_head = lane::MAX_HEAD.min(front.engine.config().limits.max_header_bytes);
     loop {
         match c.flush() {
             Ok(true) => {}
@@ -363,21 +365,9 @@ fn serve(front: &Front, c: &mut Conn, key: &mut String, now: Instant, stopping: 
             Err(_) => return Next::Close,
         }
         if !c.buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; lane::MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&c.buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    if lane::smuggling(req.headers) {
-                        let _ = (&c.stream).write(lane::REFUSE_SMUGGLING);
-                        return Next::Close;
-                    }
-                    let Some(ask) = front.ask(&req, key) else {
-                        return Next::Hyper;
-                    };
-                    let Some(e) = front.engine.hot().get(ask.key) else {
-                        return Next::Lane;
-                    };
-                    let Some(body) = front.answer_from(&ask, e, &mut c.out) else {
+            match front.head(&c.buf, key) {
+                Head::Ask(ask, len) => {
+                    let Some(body) = front.answer_from(&ask, &mut c.out) else {
                         return Next::Lane;
                     };
                     c.body = body;
@@ -385,8 +375,12 @@ fn serve(front: &Front, c: &mut Conn, key: &mut String, now: Instant, stopping: 
                     c.since = now;
                     continue;
                 }
-                Ok(httparse::Status::Partial) if c.buf.len() < max_head => {}
-                _ => return Next::Hyper,
+                Head::Smuggling => {
+                    let _ = (&c.stream).write(lane::REFUSE_SMUGGLING);
+                    return Next::Close;
+                }
+                Head::Partial => {}
+                Head::Hyper => return Next::Hyper,
             }
         }
         if stopping && c.buf.is_empty() {

@@ -68,8 +68,8 @@ pub(super) struct Held {
 
 /// A head larger than this (or than `[limits] max_header_bytes`) goes to hyper, which
 /// answers 431 when it is over the limit.
-pub(super) const MAX_HEAD: usize = 16 * 1024;
-pub(super) const MAX_HEADERS: usize = 48;
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 48;
 
 impl Front {
     /// Serves hits on `stream`, after the bytes in `buf`, until a request needs hyper, the
@@ -87,7 +87,6 @@ impl Front {
         // As hyper's header_read_timeout: a head must arrive within this.
         let limits = &self.engine.config().limits;
         let head_timeout = limits.header_read_timeout;
-        let max_head = MAX_HEAD.min(limits.max_header_bytes);
         let deadline = tokio::time::sleep(head_timeout);
         tokio::pin!(deadline);
         // One shutdown future for the connection's life, polled while it waits for a
@@ -98,21 +97,11 @@ impl Front {
         tokio::pin!(stopping);
         loop {
             if !buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                match req.parse(&buf) {
-                    Ok(httparse::Status::Complete(len)) => {
-                        if smuggling(req.headers) {
-                            let _ = stream.write_all(REFUSE_SMUGGLING).await;
-                            return Handoff::Closed;
-                        }
-                        let Some(ask) = self.ask(&req, &mut key) else {
-                            return Handoff::Hyper(buf.freeze());
-                        };
+                match self.head(&buf, &mut key) {
+                    Head::Ask(ask, len) => {
                         out.clear();
-                        let hot = self.engine.hot().get(ask.key);
                         let mut from_memory = true;
-                        let body = match hot.and_then(|e| self.answer_from(&ask, e, &mut out)) {
+                        let body = match self.answer_from(&ask, &mut out) {
                             Some(body) => body,
                             // Not in the memory tier, or expired: the engine serves it here
                             // (from the store, or one origin fetch per key, as always), so
@@ -147,8 +136,12 @@ impl Front {
                         }
                         continue;
                     }
-                    Ok(httparse::Status::Partial) if buf.len() < max_head => {}
-                    _ => return Handoff::Hyper(buf.freeze()),
+                    Head::Smuggling => {
+                        let _ = stream.write_all(REFUSE_SMUGGLING).await;
+                        return Handoff::Closed;
+                    }
+                    Head::Partial => {}
+                    Head::Hyper => return Handoff::Hyper(buf.freeze()),
                 }
             }
             if *shutdown.borrow() && buf.is_empty() {
@@ -171,14 +164,30 @@ impl Front {
         }
     }
 
+    /// What the bytes read so far on a connection start with (the lane and the hit loops
+    /// read heads alike). The cache key of an [`Ask`] is built in `key`, the connection's
+    /// buffer for it.
+    pub(super) fn head<'b>(&self, buf: &'b [u8], key: &'b mut String) -> Head<'b> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(_)) if smuggling(req.headers) => Head::Smuggling,
+            Ok(httparse::Status::Complete(len)) => match self.ask(&req, key) {
+                Some(ask) => Head::Ask(ask, len),
+                None => Head::Hyper,
+            },
+            Ok(httparse::Status::Partial)
+                if buf.len() < MAX_HEAD.min(self.engine.config().limits.max_header_bytes) =>
+            {
+                Head::Partial
+            }
+            _ => Head::Hyper,
+        }
+    }
+
     /// What a plain `GET`/`HEAD` of a cacheable page asks for, or `None` when the request
     /// needs hyper whatever the cache holds.
-    /// The cache key is built in `key`, the connection's buffer for it.
-    pub(super) fn ask<'r>(
-        &self,
-        req: &httparse::Request<'_, 'r>,
-        key: &'r mut String,
-    ) -> Option<Ask<'r>> {
+    fn ask<'r>(&self, req: &httparse::Request<'_, 'r>, key: &'r mut String) -> Option<Ask<'r>> {
         let head = match req.method? {
             "GET" => false,
             "HEAD" => true,
@@ -240,14 +249,11 @@ impl Front {
         })
     }
 
-    /// Writes the head of the answer to `ask` from the memory tier's `e` into `out` and
-    /// returns its body (`None` for `HEAD` and 304), or `None` when `e` has expired.
-    pub(super) fn answer_from(
-        &self,
-        ask: &Ask<'_>,
-        e: Arc<Entry>,
-        out: &mut Vec<u8>,
-    ) -> Option<Option<Body>> {
+    /// Writes the head of the answer to `ask` from the memory tier into `out` and returns
+    /// its body (`None` for `HEAD` and 304), or `None` when the tier does not hold the page
+    /// or its copy has expired.
+    pub(super) fn answer_from(&self, ask: &Ask<'_>, out: &mut Vec<u8>) -> Option<Option<Body>> {
+        let e = self.engine.hot().get(ask.key)?;
         let now = self.engine.now();
         let served = self.engine.answer_cached(ask.key, e, now).ok()?;
         self.write_served(ask, served, now, out).ok()
@@ -320,12 +326,26 @@ fn write_timeout(out: &mut Vec<u8>, head: bool) {
 /// A head with both `Content-Length` and `Transfer-Encoding`: the classic request
 /// smuggling ambiguity. hyper would serve it by `Transfer-Encoding` alone and close the
 /// connection (RFC 9112 section 6.1), which is safe; isr refuses it outright where it can.
-pub(super) fn smuggling(headers: &[httparse::Header<'_>]) -> bool {
+fn smuggling(headers: &[httparse::Header<'_>]) -> bool {
     let has = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
     has("content-length") && has("transfer-encoding")
 }
 
 pub(super) const REFUSE_SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 58\r\nconnection: close\r\n\r\nContent-Length and Transfer-Encoding together are refused\n";
+
+/// What a connection's buffered bytes start with.
+pub(super) enum Head<'b> {
+    /// A complete head of this many bytes, of a request the cache may answer.
+    Ask(Ask<'b>, usize),
+    /// A head that needs hyper whatever the cache holds, or one too large to wait for:
+    /// hyper answers it (431 over the limit).
+    Hyper,
+    /// Both `Content-Length` and `Transfer-Encoding`: answered with [`REFUSE_SMUGGLING`],
+    /// then closed.
+    Smuggling,
+    /// Not complete yet: read more.
+    Partial,
+}
 
 /// A request the lane can answer from a cached page: its cache key, whether it is a
 /// `HEAD`, and the request headers the response depends on.
