@@ -2,10 +2,9 @@
 //! memory-tier hits without a task, a waker or a timer per request.
 //!
 //! A connection the listener accepts comes here first. Each loop reads what its sockets
-//! hold, reads each head as the lane does, and answers every request the lane would answer from
-//! the memory tier (fresh or stale) with the lane's own code (`Front::head`,
-//! `Front::answer_from`): the same headers, byte for byte. Everything else leaves the loop
-//! with the bytes already read:
+//! hold and answers every request the lane would answer from the memory tier (fresh or
+//! stale) with the lane's own code (`Front::head`, `Front::answer_from`): the same
+//! headers, byte for byte. Everything else leaves the loop with the bytes already read:
 //! - a request the memory tier cannot answer (a miss, an expired page, a page only in the
 //!   store) goes to the lane on tokio, which serves it through the engine, and gives the
 //!   connection back here after a memory-tier hit that leaves nothing more to read (a
