@@ -1369,6 +1369,22 @@ async fn pages_not_kept_in_memory_are_sent_whole_from_the_store_in_every_encodin
             );
         }
     }
+    // A reader with a small receive window that lets 5 MiB of answers pile up: `sendfile`
+    // from the segment stops part-way, and the rest follows as the socket drains.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = socket.connect(isr.addr).await.unwrap();
+    let one_round: String = pages
+        .iter()
+        .map(|(path, _)| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .collect();
+    s.write_all(one_round.repeat(40).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = read_responses(&mut s, 120).await;
+    for (i, ((head, got), (_, body))) in r.iter().zip(pages.iter().cycle()).enumerate() {
+        assert!(head.contains("x-isr-cache: hit"), "{i}: {head}");
+        assert!(got == body, "slow reader, answer {i}: the body differs");
+    }
     assert_eq!(isr.page_files(), 0, "nothing was copied into memory files");
     assert!(pages.iter().all(|(p, _)| origin.count(p) == 1));
 }

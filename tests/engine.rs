@@ -346,9 +346,9 @@ async fn background_regenerations_queue_at_most_64_per_slot_and_the_rest_wait_fo
     assert_eq!(serve(&e, skipped).await.0, "HIT");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_scan_of_stored_pages_once_the_memory_tier_is_full_evicts_nothing() {
-    let origin = Origin::start().await;
+/// An engine with a memory tier of 64 KiB (about 38 of these pages) over a store that
+/// another node filled with 300 pages, `/blog/p0` to `/blog/p299`.
+async fn beside_300_stored_pages(origin: &Origin) -> Arc<Engine> {
     let config = |memory: &str| {
         let text = CONFIG.replace("[cache]", &format!("[cache]\nmemory = \"{memory}\""));
         let overrides = Overrides {
@@ -357,32 +357,63 @@ async fn a_scan_of_stored_pages_once_the_memory_tier_is_full_evicts_nothing() {
         };
         isr::config::parse("<test>", &text, &overrides).unwrap()
     };
-    // One node stores 300 pages; a second one, on the same store, starts with an empty
-    // tier of 64 KiB (about 38 of these pages).
     let store = Arc::new(MemoryStore::new());
     let writer = Engine::new(config("0"), store.clone()).await.unwrap();
     for i in 0..300 {
         assert_eq!(serve(&writer, &format!("/blog/p{i}")).await.0, "MISS");
     }
-    let e = Engine::new(config("64KiB"), store).await.unwrap();
+    Engine::new(config("64KiB"), store).await.unwrap()
+}
+
+/// The pages of `keys` the memory tier holds.
+fn held(e: &Engine, keys: impl Iterator<Item = String>) -> Vec<String> {
+    keys.filter(|k| e.hot().peek(k).is_some()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scan_of_stored_pages_once_the_memory_tier_is_full_evicts_nothing() {
+    let origin = Origin::start().await;
+    let e = beside_300_stored_pages(&origin).await;
     for i in 0..60 {
         assert_eq!(serve(&e, &format!("/blog/p{i}")).await.0, "HIT");
     }
-    let held: Vec<String> = (0..60)
-        .map(|i| format!("/blog/p{i}"))
-        .filter(|k| e.hot().peek(k).is_some())
-        .collect();
-    assert!(held.len() > 20, "the tier filled: {held:?}");
+    let kept = held(&e, (0..60).map(|i| format!("/blog/p{i}")));
+    assert!(kept.len() > 20, "the tier filled: {kept:?}");
     // A crawler reads every other page once: all served, none kept, nothing evicted.
     for i in 60..300 {
         let (state, body) = serve(&e, &format!("/blog/p{i}")).await;
         assert!(state == "HIT" && body.contains(&format!("page /blog/p{i} v1")));
     }
-    assert!((60..300).all(|i| e.hot().peek(&format!("/blog/p{i}")).is_none()));
-    assert!(held.iter().all(|k| e.hot().peek(k).is_some()));
+    assert!(held(&e, (60..300).map(|i| format!("/blog/p{i}"))).is_empty());
+    assert_eq!(held(&e, kept.iter().cloned()), kept);
     // A page read again soon after is kept.
     serve(&e, "/blog/p299").await;
     assert!(e.hot().peek("/blog/p299").is_some());
+    assert_eq!(origin.count("/blog/p299"), 1);
+}
+
+/// The hit loops read pages without waiting (`lookup_now`), on the same terms: from the
+/// tier, else from the store, kept once the tier is full only when read again soon after.
+#[tokio::test(start_paused = true)]
+async fn pages_read_without_waiting_are_kept_on_the_tiers_terms() {
+    let origin = Origin::start().await;
+    let e = beside_300_stored_pages(&origin).await;
+    let now = |key: &str| e.lookup_now(key).expect("the memory store never waits");
+    for i in 0..300 {
+        let page = now(&format!("/blog/p{i}")).expect("stored");
+        assert!(body(&page).contains(&format!("page /blog/p{i} v1")));
+    }
+    let kept = held(&e, (0..300).map(|i| format!("/blog/p{i}")));
+    assert!(kept.len() > 20, "the tier filled: {kept:?}");
+    // Once full, pages read once are sent and not kept, evicting nothing.
+    assert!(held(&e, (100..300).map(|i| format!("/blog/p{i}"))).is_empty());
+    assert_eq!(held(&e, kept.iter().cloned()), kept);
+    assert!(now("/blog/p299").is_some());
+    assert!(
+        e.hot().peek("/blog/p299").is_some(),
+        "read again soon after: kept"
+    );
+    assert!(now("/blog/none").is_none(), "not stored");
     assert_eq!(origin.count("/blog/p299"), 1);
 }
 

@@ -618,6 +618,27 @@ impl Engine {
         }
     }
 
+    /// [`Engine::lookup`] without waiting: the entry for `key` from the hot tier, else
+    /// from the store when it can read it on this thread (the embedded store with its
+    /// pages in the OS page cache); `Some(None)` when the store does not hold it. `None`
+    /// when only [`Engine::lookup`] can tell (a read that would wait, or that failed: it
+    /// reports the failure). A page read here is kept in the hot tier on the terms of
+    /// [`HotTier::admits`](crate::store::HotTier::admits), asked only once it is read.
+    pub fn lookup_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        if let Some(e) = self.hot.get(key) {
+            return Some(Some(e));
+        }
+        let Some(e) = self.store.get_now(key)?.ok()? else {
+            return Some(None);
+        };
+        if !self.hot.admits(key) {
+            return Some(Some(Arc::new(e)));
+        }
+        let e = Arc::new(e.on_heap());
+        self.hot.insert(key, e.clone());
+        Some(Some(e))
+    }
+
     /// The state of `entry` (stored under `key`) now.
     pub fn freshness(&self, key: &str, meta: &crate::entry::Meta, now: u64) -> Freshness {
         let mark = self.clock.mark_for(key::path_of(key), &meta.tags);

@@ -266,6 +266,21 @@ impl Entry {
         })
     }
 
+    /// This entry with every body on the heap, read from its file where it is in one: a
+    /// page read from the store to be sent, then kept in the memory tier after all.
+    pub(crate) fn on_heap(self) -> Entry {
+        let heap = |b: Body| match b {
+            Body::File(f) => Body::Memory(f.read()),
+            memory => memory,
+        };
+        Entry {
+            identity: heap(self.identity),
+            br: self.br.map(heap),
+            gzip: self.gzip.map(heap),
+            ..self
+        }
+    }
+
     /// The body and encoding to send for an `Accept-Encoding` header.
     pub fn body_for(&self, accept: Option<&HeaderValue>) -> (Encoding, &Body) {
         self.body_for_bytes(accept.map(HeaderValue::as_bytes))

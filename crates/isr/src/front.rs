@@ -188,7 +188,7 @@ impl Front {
 
     /// One connection's life on tokio (`trusted`: from the private listener): from
     /// `first`, the lane (which gives it back to `hits`, when there are hit loops, after a
-    /// memory-tier hit), then hyper for good.
+    /// hit answered without waiting), then hyper for good.
     async fn connection(
         self: Arc<Self>,
         mut stream: tokio::net::TcpStream,

@@ -30,8 +30,9 @@
 //!   [`entry::Entry`] values with Brotli and gzip variants.
 //! - [`front`]: the HTTP server, the `/_isr/` routes and response headers. Connections
 //!   start in its *hit loops* (one epoll thread per CPU), which answer plain `GET`/`HEAD`
-//!   hits on pages in memory straight from the socket; misses and pages in the store go
-//!   to its *hit lane* on tokio, anything else to hyper. It enforces `[limits]`
+//!   hits straight from the socket (pages in memory, and pages the store reads from the
+//!   OS page cache); misses and pages the store must read from the disk go to its *hit
+//!   lane* on tokio, anything else to hyper. It enforces `[limits]`
 //!   (head timeout and size, connections, request time, API body size, and the
 //!   per-address limit on wrong secrets kept by [`api::SecretThrottle`]).
 //! - [`cdn`]: purging the CDN layers in front of isr (`[[cdn]]`: HTTP `PURGE` with

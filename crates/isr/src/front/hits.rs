@@ -1,14 +1,16 @@
 //! The hit loops: plain epoll loops, one thread per CPU, that answer the public listener's
-//! memory-tier hits without a task, a waker or a timer per request.
+//! hits without a task, a waker or a timer per request.
 //!
 //! A connection the listener accepts comes here first. Each loop reads what its sockets
-//! hold and answers every request the lane would answer from the memory tier (fresh or
-//! stale) with the lane's own code (`Front::head`, `Front::answer_from`): the same
-//! headers, byte for byte. Everything else leaves the loop with the bytes already read:
-//! - a request the memory tier cannot answer (a miss, an expired page, a page only in the
-//!   store) goes to the lane on tokio, which serves it through the engine, and gives the
-//!   connection back here after a memory-tier hit that leaves nothing more to read (a
-//!   connection whose pages keep coming from the store stays there);
+//! hold and answers every request for a page that can be had without waiting (fresh or
+//! stale), from the memory tier or from the store's pages in the OS page cache, with the
+//! lane's own code (`Front::head`, `Front::answer_from`): the same headers, byte for byte.
+//! Everything else leaves the loop with the bytes already read:
+//! - a request for a page that cannot be had without waiting (a miss, an expired page, a
+//!   page the store would read from the disk) goes to the lane on tokio, which serves it
+//!   through the engine, and gives the connection back here after a hit that leaves
+//!   nothing more to read (a connection whose pages keep coming from the origin or the
+//!   disk stays there);
 //! - a request that needs hyper (a body, the `/_isr/` routes, a bypass, a head cut short)
 //!   goes to hyper through the lane's hand-off.
 //!
@@ -189,7 +191,7 @@ enum Next {
     /// Wait for epoll.
     Wait,
     Close,
-    /// To the lane on tokio (a request the memory tier cannot answer).
+    /// To the lane on tokio (a request for a page that cannot be had without waiting).
     Lane,
     /// To hyper, through the lane's hand-off.
     Hyper,
@@ -330,8 +332,8 @@ impl Loop {
         }
     }
 
-    /// Gives `c` to tokio: to hyper, or to the lane (which gives it back after a
-    /// memory-tier hit).
+    /// Gives `c` to tokio: to hyper, or to the lane (which gives it back after a hit
+    /// answered without waiting).
     fn hand_off(&self, c: Conn, hyper: bool) {
         let front = self.front.clone();
         let stopping = self.shutdown.clone();

@@ -3,7 +3,8 @@
 //! page is answered straight from the socket: a fresh or stale page from the memory tier
 //! or read back from the store, and a miss or an expired page once the engine has fetched
 //! and stored it (single flight, within `[limits] request_timeout`, as hyper's path). Once
-//! a memory-tier hit leaves nothing to read, the connection goes back to the hit loops.
+//! a hit answered without waiting ([`Front::answer_from`]) leaves nothing to read, the
+//! connection goes back to the hit loops.
 //! `httparse` reads the head, one `writev` sends headers and body, or for a body in a page
 //! file (or in the store's segment file) the headers go with `MSG_MORE` and the body with
 //! `sendfile`; an `If-None-Match`
@@ -44,7 +45,8 @@ pub(super) enum Handoff {
     /// Hand it to hyper, which must first read these bytes and answer the first request
     /// in them (for this cache key) with this outcome: the engine already served it.
     Served(Bytes, String, Served),
-    /// Nothing left to read after a memory-tier hit: back to the hit loops (only when the
+    /// Nothing left to read after a hit answered without waiting: back to the hit loops
+    /// (only when the
     /// lane was asked to give connections back).
     Idle,
 }
@@ -73,7 +75,8 @@ const MAX_HEADERS: usize = 48;
 
 impl Front {
     /// Serves hits on `stream`, after the bytes in `buf`, until a request needs hyper, the
-    /// peer closes or shutdown; with `give_back`, also once a memory-tier hit leaves nothing
+    /// peer closes or shutdown; with `give_back`, also once a hit answered without waiting
+    /// ([`Front::answer_from`]) leaves nothing
     /// to read (for the hit loops, which answer those at less cost).
     pub(super) async fn lane(
         &self,
@@ -100,17 +103,18 @@ impl Front {
                 match self.head(&buf, &mut key) {
                     Head::Ask(ask, len) => {
                         out.clear();
-                        let mut from_memory = true;
+                        let mut answered_now = true;
                         let body = match self.answer_from(&ask, &mut out) {
                             Some(body) => body,
-                            // Not in the memory tier, or expired: the engine serves it here
-                            // (from the store, or one origin fetch per key, as always), so
+                            // Not to be had without waiting, not stored, or expired: the
+                            // engine serves it here (from the store on the blocking pool, or
+                            // one origin fetch per key, as always), so
                             // neither a restart nor a miss sends the connection to hyper.
                             // Outcomes other than a page (a pass-through, an error, a 404)
                             // go to hyper with the outcome, never to be served twice.
                             None => match self.serve_here(&ask, &mut out).await {
                                 Ok(body) => {
-                                    from_memory = false;
+                                    answered_now = false;
                                     body
                                 }
                                 Err(served) => {
@@ -128,10 +132,10 @@ impl Front {
                         if ok.is_err() {
                             return Handoff::Closed;
                         }
-                        // Back to the hit loops after a hit from the memory tier, which is what
-                        // they answer: a connection whose pages come from the store or the
-                        // origin stays here rather than move twice per request.
-                        if give_back && from_memory && buf.is_empty() && !*shutdown.borrow() {
+                        // Back to the hit loops after a hit answered without waiting, which
+                        // is what they answer: a connection whose pages come from the origin
+                        // or the disk stays here rather than move twice per request.
+                        if give_back && answered_now && buf.is_empty() && !*shutdown.borrow() {
                             return Handoff::Idle;
                         }
                         continue;
@@ -249,17 +253,20 @@ impl Front {
         })
     }
 
-    /// Writes the head of the answer to `ask` from the memory tier into `out` and returns
-    /// its body (`None` for `HEAD` and 304), or `None` when the tier does not hold the page
-    /// or its copy has expired.
+    /// Writes the head of the answer to `ask` into `out` and returns its body (`None` for
+    /// `HEAD` and 304) when the page can be had without waiting ([`Engine::lookup_now`]:
+    /// from the memory tier, or from the store's pages in the OS page cache); `None` when
+    /// it cannot, when it is not stored, or when its copy has expired.
+    ///
+    /// [`Engine::lookup_now`]: crate::engine::Engine::lookup_now
     pub(super) fn answer_from(&self, ask: &Ask<'_>, out: &mut Vec<u8>) -> Option<Option<Body>> {
-        let e = self.engine.hot().get(ask.key)?;
+        let e = self.engine.lookup_now(ask.key)??;
         let now = self.engine.now();
         let served = self.engine.answer_cached(ask.key, e, now).ok()?;
         self.write_served(ask, served, now, out).ok()
     }
 
-    /// Serves `ask` through the engine (a page out of the memory tier, a miss or an expired
+    /// Serves `ask` through the engine (a page read on the blocking pool, a miss or an expired
     /// page) within `[limits] request_timeout`, as hyper's path does. A page is written
     /// into `out` and its body returned; any other outcome is given back for hyper to
     /// answer.

@@ -43,6 +43,10 @@ impl Store for MemoryStore {
         Box::pin(async move { self.with(|i| i.entries.get(key).map(|e| copy(e))) })
     }
 
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        Some(self.with(|i| i.entries.get(key).map(|e| copy(e))))
+    }
+
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
         Box::pin(async move { self.with(|i| i.entries.get(key).map(|e| e.meta.clone())) })
     }

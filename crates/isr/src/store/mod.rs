@@ -128,6 +128,14 @@ pub trait Store: Send + Sync + 'static {
         self.get(key)
     }
 
+    /// [`Store::get_to_send`] when the store can answer on the calling thread without
+    /// waiting for the disk, the network or another thread (the embedded store while its
+    /// pages are in the OS page cache); `None` when it cannot, and the future must be
+    /// used. The hit loops answer what this returns. By default, `None`.
+    fn get_now(&self, _key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        None
+    }
+
     /// Only the metadata of `key`.
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>>;
 

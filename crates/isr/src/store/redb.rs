@@ -171,15 +171,23 @@ impl RedbStore {
     /// Reads `key` on the calling thread when [`InlineReads`] allows and the page cache
     /// holds it, else on the blocking pool, bodies read into memory there.
     fn get_with<'a>(&'a self, key: &'a str, bodies: Bodies) -> StoreFuture<'a, Option<Entry>> {
-        if let Some(started) = self.inline.allowed() {
-            let read = read_entry(&self.db, &self.segs, key, bodies);
-            if !matches!(read, Ok(Err(Unread::WouldBlock))) {
-                self.inline.took(started);
-                return Box::pin(std::future::ready(read.map(|r| r.unwrap_or(None))));
-            }
+        if let Some(read) = self.read_inline(key, bodies) {
+            return Box::pin(std::future::ready(read));
         }
         let (slot, segs, key) = (self.db.clone(), self.segs.clone(), key.to_string());
         blocking(move || Ok(read_entry(&slot, &segs, &key, Bodies::Wait)?.unwrap_or(None)))
+    }
+
+    /// Reads `key` on the calling thread when [`InlineReads`] allows and the page cache
+    /// holds its bodies; `None` otherwise.
+    fn read_inline(&self, key: &str, bodies: Bodies) -> Option<Result<Option<Entry>, StoreError>> {
+        let started = self.inline.allowed()?;
+        let read = read_entry(&self.db, &self.segs, key, bodies);
+        if matches!(read, Ok(Err(Unread::WouldBlock))) {
+            return None;
+        }
+        self.inline.took(started);
+        Some(read.map(|r| r.unwrap_or(None)))
     }
 
     fn submit(&self, op: Op) -> StoreFuture<'_, bool> {
@@ -207,7 +215,7 @@ impl RedbStore {
 /// Opens (or creates) the file with its tables.
 fn open_db(path: &Path) -> Result<Database, StoreError> {
     let db = Database::builder()
-        .set_cache_size(4 << 20)
+        .set_cache_size(16 << 20)
         .create(path)
         .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
     let mut txn = db.begin_write().map_err(err)?;
@@ -812,6 +820,10 @@ impl Store for RedbStore {
         self.get_with(key, Bodies::Refer)
     }
 
+    fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        self.read_inline(key, Bodies::Refer)
+    }
+
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
         let (slot, key) = (self.db.clone(), key.to_string());
         blocking(move || {
@@ -1222,7 +1234,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn large_bodies_to_send_are_references_into_segments_that_outlive_compaction() {
+    async fn large_bodies_to_send_are_references_into_segments_read_now_or_later_that_outlive_compaction(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open_with(dir.path(), 64 * 1024).unwrap();
         let zipped = |generated: u64, fill: u8| {
@@ -1260,6 +1273,22 @@ mod tests {
         assert!(!in_file(
             s.get("/big").await.unwrap().unwrap().body_for_bytes(None).1
         ));
+        // Read on this thread (the page cache holds it all): as get_to_send, and on the
+        // heap once the memory tier keeps it.
+        let now = s.get_now("/big").expect("read without waiting").unwrap();
+        let now = now.unwrap();
+        assert!(in_file(now.body_for_bytes(None).1));
+        let kept = now.on_heap();
+        for (accept, fill) in variants.into_iter().zip(b'a'..) {
+            let body = kept.body_for_bytes(accept).1;
+            assert!(!in_file(body), "{accept:?}: on the heap");
+            assert_eq!(body.bytes(), vec![fill; body.len()]);
+        }
+        assert_eq!(
+            &s.get_now("/small").unwrap().unwrap().unwrap().identity()[..],
+            b"small"
+        );
+        assert!(s.get_now("/none").unwrap().unwrap().is_none());
 
         // Rewritten until the first segment is compacted away: the reference still reads
         // the bytes it was given.

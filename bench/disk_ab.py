@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""A/B of isr binaries on disk-tier hits, interleaved (a b a b …) on one filled store, so a
+change to the store's read path can be measured on this noisy machine.
+
+    KEEP=/tmp/isr-scale bash bench/scale.sh 1000000 16384 10   # fills the store once
+    find /tmp/isr-scale/data -type f -exec cat {} + >/dev/null  # into the page cache
+    python3 bench/disk_ab.py BINARY_A BINARY_B [...] [--store /tmp/isr-scale] [--reps 4] [--duration 10]
+
+Each binary in turn serves the store (pinned to CPU 0, a 256 MiB memory tier, as
+bench/scale.sh), takes a 5 s random pass to settle, then a measured random pass over all
+pages (wrk -t1 -c64 on CPU 1, the same seed for every binary within a round). Prints, per
+binary, the medians of rps and of isr's CPU time per hit (utime + stime over the pass),
+and each binary's ratio to the first.
+"""
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import time
+import urllib.request
+
+PORT = 19098
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def up(url):
+    try:
+        return urllib.request.urlopen(url, timeout=1).status == 200
+    except OSError:
+        return False
+
+
+def wrk(store, seconds, seed):
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s", "-s",
+         os.path.join(store, "random.lua"), f"http://127.0.0.1:{PORT}/"],
+        env={**os.environ, "SEED": str(seed)}, capture_output=True, text=True, check=True).stdout
+    n = next(int(line.split()[0]) for line in out.splitlines() if "requests in" in line)
+    rps = next(float(line.split()[1]) for line in out.splitlines() if line.startswith("Requests/sec"))
+    return n, rps
+
+
+def one(binary, store, seconds, seed):
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", binary, "serve", "--config", os.path.join(store, "isr.toml")],
+        env={**os.environ, "ISR_LOG": "warn"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while not up(f"http://127.0.0.1:{PORT}/page/5"):
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"{binary} did not start (port {PORT} taken?)")
+            time.sleep(0.01)
+        wrk(store, 5, seed)
+        before = cpu_s(proc.pid)
+        n, rps = wrk(store, seconds, seed + 1)
+        return rps, (cpu_s(proc.pid) - before) / n * 1e6
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binaries", nargs="+")
+    ap.add_argument("--store", default="/tmp/isr-scale")
+    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--duration", type=int, default=10)
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(args.store, "random.lua")):
+        raise SystemExit(f"no filled store in {args.store}: run KEEP={args.store} bash bench/scale.sh first")
+    res = {b: [] for b in args.binaries}
+    for rep in range(args.reps):
+        order = args.binaries if rep % 2 == 0 else list(reversed(args.binaries))
+        for b in order:
+            rps, us = one(b, args.store, args.duration, 100 * rep)
+            res[b].append((rps, us))
+            print(f"round {rep + 1} {b}: {rps:,.0f} rps, {us:.1f} µs of isr CPU per hit", flush=True)
+    base = None
+    for b in args.binaries:
+        rps = statistics.median(r for r, _ in res[b])
+        us = statistics.median(u for _, u in res[b])
+        base = base or (rps, us)
+        print(f"{b}: median {rps:,.0f} rps ({rps / base[0]:.2f}x), {us:.1f} µs per hit ({us / base[1]:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
