@@ -7,10 +7,13 @@ change to the store's read path can be measured on this noisy machine.
     python3 bench/disk_ab.py BINARY_A BINARY_B [...] [--store /tmp/isr-scale] [--reps 4] [--duration 10]
 
 Each binary in turn serves the store (pinned to CPU 0, a 256 MiB memory tier, as
-bench/scale.sh), takes a 5 s random pass to settle, then a measured random pass over all
-pages (wrk -t1 -c64 on CPU 1, the same seed for every binary within a round). Prints, per
-binary, the medians of rps and of isr's CPU time per hit (utime + stime over the pass),
-and each binary's ratio to the first.
+bench/scale.sh): a 5 s pass over 1,000 URLs to bring them into the memory tier, a
+measured pass over them (memory-tier hits), a 5 s random pass over all pages to settle,
+then a measured random pass (mostly disk-tier hits); wrk -t1 -c64 on CPU 1, the same
+seeds for every binary within a round. Prints, per binary, the medians of the disk-tier
+rps, of isr's CPU time per disk-tier hit (utime + stime over the pass) and of the
+disk-tier rate over the memory-tier rate of the same run, and each binary's ratio to the
+first.
 """
 
 import argparse
@@ -38,11 +41,14 @@ def up(url):
         return False
 
 
-def wrk(store, seconds, seed):
+def wrk(store, seconds, seed, script="random.lua"):
+    bench = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(store, script) if script == "random.lua" else os.path.join(bench, script)
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s", "-s",
-         os.path.join(store, "random.lua"), f"http://127.0.0.1:{PORT}/"],
-        env={**os.environ, "SEED": str(seed)}, capture_output=True, text=True, check=True).stdout
+        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s", "-s", path,
+         f"http://127.0.0.1:{PORT}/"],
+        env={**os.environ, "SEED": str(seed), "PREFIX": "/page/", "PAGES": "1000"},
+        capture_output=True, text=True, check=True).stdout
     n = next(int(line.split()[0]) for line in out.splitlines() if "requests in" in line)
     rps = next(float(line.split()[1]) for line in out.splitlines() if line.startswith("Requests/sec"))
     return n, rps
@@ -58,10 +64,12 @@ def one(binary, store, seconds, seed):
             if proc.poll() is not None or time.time() > deadline:
                 raise SystemExit(f"{binary} did not start (port {PORT} taken?)")
             time.sleep(0.01)
+        wrk(store, 5, seed, "spread.lua")
+        _, memory = wrk(store, seconds, seed, "spread.lua")
         wrk(store, 5, seed)
         before = cpu_s(proc.pid)
         n, rps = wrk(store, seconds, seed + 1)
-        return rps, (cpu_s(proc.pid) - before) / n * 1e6
+        return rps, (cpu_s(proc.pid) - before) / n * 1e6, rps / memory
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
@@ -80,15 +88,16 @@ def main():
     for rep in range(args.reps):
         order = args.binaries if rep % 2 == 0 else list(reversed(args.binaries))
         for b in order:
-            rps, us = one(b, args.store, args.duration, 100 * rep)
-            res[b].append((rps, us))
-            print(f"round {rep + 1} {b}: {rps:,.0f} rps, {us:.1f} µs of isr CPU per hit", flush=True)
+            rps, us, ratio = one(b, args.store, args.duration, 100 * rep)
+            res[b].append((rps, us, ratio))
+            print(f"round {rep + 1} {b}: {rps:,.0f} disk-tier rps, {us:.1f} µs of isr CPU per "
+                  f"hit, {ratio:.2f}x the memory-tier rate", flush=True)
     base = None
     for b in args.binaries:
-        rps = statistics.median(r for r, _ in res[b])
-        us = statistics.median(u for _, u in res[b])
+        rps, us, ratio = (statistics.median(r[i] for r in res[b]) for i in range(3))
         base = base or (rps, us)
-        print(f"{b}: median {rps:,.0f} rps ({rps / base[0]:.2f}x), {us:.1f} µs per hit ({us / base[1]:.2f}x)")
+        print(f"{b}: median {rps:,.0f} rps ({rps / base[0]:.2f}x), {us:.1f} µs per hit "
+              f"({us / base[1]:.2f}x), disk/memory {ratio:.2f}")
 
 
 if __name__ == "__main__":
