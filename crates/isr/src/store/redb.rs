@@ -43,8 +43,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::oneshot;
 
 use super::segments::{
-    self as segments, decode_row, encode_row, Appender, Extent, Segments, Unread, REFER_MIN_BYTES,
-    SEGMENT_BYTES,
+    decode_row, encode_row, Appender, Extent, Segments, Unread, REFER_MIN_BYTES, SEGMENT_BYTES,
 };
 use super::{Store, StoreError, StoreFuture, StoreStats};
 use crate::entry::{Body, Encoding, Entry, Meta};
@@ -215,22 +214,10 @@ impl RedbStore {
 
 /// Opens (or creates) the file with its tables.
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    let cannot = |e: &dyn std::fmt::Display| {
-        StoreError::Failed(format!("cannot open {}: {e}", path.display()))
-    };
-    // As redb's own `create`, with the metadata's pages read at random (no readahead).
-    let file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| cannot(&e))?;
-    segments::random_access(&file);
     let db = Database::builder()
         .set_cache_size(16 << 20)
-        .create_file(file)
-        .map_err(|e| cannot(&e))?;
+        .create(path)
+        .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
     let mut txn = db.begin_write().map_err(err)?;
     txn.set_quick_repair(true);
     {

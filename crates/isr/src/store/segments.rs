@@ -142,7 +142,6 @@ impl Segments {
                 .write(true)
                 .open(&path)
                 .map_err(|e| io_err("cannot open", &path, e))?;
-            random_access(&f);
             let len = f
                 .metadata()
                 .map_err(|e| io_err("cannot stat", &path, e))?
@@ -235,7 +234,6 @@ impl Segments {
             .create_new(true)
             .open(&path)
             .map_err(|e| io_err("cannot create", &path, e))?;
-        random_access(&f);
         let f = Arc::new(f);
         // The new name must survive a crash along with the data the next commit points to.
         File::open(&self.dir)
@@ -262,14 +260,6 @@ impl Segments {
             _ => Ok(()),
         }
     }
-}
-
-/// Tells the kernel that `file` is read at random places: a page read from the disk then
-/// brings in only its own bytes, not the next 128 KiB or so of neighbours (readahead) that
-/// a random hit will not ask for and that would push other pages out of the page cache.
-/// Advice only: where it is refused, reads work as before.
-pub(super) fn random_access(file: &File) {
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random);
 }
 
 /// The non-empty buffers of `bufs`, for a vectored read.
