@@ -75,8 +75,10 @@ const MAX_HEADERS: usize = 48;
 
 impl Front {
     /// Serves hits on `stream`, after the bytes in `buf`, until a request needs hyper, the
-    /// peer closes or shutdown; with `give_back`, also once a hit answered without waiting
-    /// ([`Front::answer_from`]) leaves nothing
+    /// peer closes or shutdown. With `give_back` (a connection from the hit loops, whose
+    /// first request in `buf` they could not answer without waiting), that request goes
+    /// straight to the engine, and the connection goes back once a hit answered without
+    /// waiting ([`Front::answer_from`]) leaves nothing
     /// to read (for the hit loops, which answer those at less cost).
     pub(super) async fn lane(
         &self,
@@ -98,13 +100,21 @@ impl Front {
         let mut stop = shutdown.clone();
         let stopping = stop.wait_for(|s| *s);
         tokio::pin!(stopping);
+        // The hit loops tried the first request already: another try would read the store
+        // again for nothing.
+        let mut tried_now = give_back;
         loop {
             if !buf.is_empty() {
                 match self.head(&buf, &mut key) {
                     Head::Ask(ask, len) => {
                         out.clear();
                         let mut answered_now = true;
-                        let body = match self.answer_from(&ask, &mut out) {
+                        let now = if std::mem::take(&mut tried_now) {
+                            None
+                        } else {
+                            self.answer_from(&ask, &mut out)
+                        };
+                        let body = match now {
                             Some(body) => body,
                             // Not to be had without waiting, not stored, or expired: the
                             // engine serves it here (from the store on the blocking pool, or
