@@ -14,6 +14,14 @@ seeds for every binary within a round. Prints, per binary, the medians of the di
 rps, of isr's CPU time per disk-tier hit (utime + stime over the pass) and of the
 disk-tier rate over the memory-tier rate of the same run, and each binary's ratio to the
 first.
+
+With --cold, every file of the store is dropped from the page cache before each run
+(posix_fadvise DONTNEED), and only the random pass is measured, at once: hits on a store
+read from the disk.
+
+The page cache must otherwise hold the store: a build or a test run just before evicts
+part of it, and the disk then sets both binaries' rates. Drop target/ from the page cache
+and `cat` the store first (BENCHMARKS.md, "Disk-tier hits in the hit loops").
 """
 
 import argparse
@@ -54,7 +62,19 @@ def wrk(store, seconds, seed, script="random.lua"):
     return n, rps
 
 
-def one(binary, store, seconds, seed):
+def evict(store):
+    for root, _, files in os.walk(os.path.join(store, "data")):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def one(binary, store, seconds, seed, cold):
+    if cold:
+        evict(store)
     proc = subprocess.Popen(
         ["taskset", "-c", "0", binary, "serve", "--config", os.path.join(store, "isr.toml")],
         env={**os.environ, "ISR_LOG": "warn"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -64,12 +84,14 @@ def one(binary, store, seconds, seed):
             if proc.poll() is not None or time.time() > deadline:
                 raise SystemExit(f"{binary} did not start (port {PORT} taken?)")
             time.sleep(0.01)
-        wrk(store, 5, seed, "spread.lua")
-        _, memory = wrk(store, seconds, seed, "spread.lua")
-        wrk(store, 5, seed)
+        memory = None
+        if not cold:
+            wrk(store, 5, seed, "spread.lua")
+            _, memory = wrk(store, seconds, seed, "spread.lua")
+            wrk(store, 5, seed)
         before = cpu_s(proc.pid)
         n, rps = wrk(store, seconds, seed + 1)
-        return rps, (cpu_s(proc.pid) - before) / n * 1e6, rps / memory
+        return rps, (cpu_s(proc.pid) - before) / n * 1e6, rps / memory if memory else 0.0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
@@ -81,6 +103,7 @@ def main():
     ap.add_argument("--store", default="/tmp/isr-scale")
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--cold", action="store_true", help="drop the store from the page cache first")
     args = ap.parse_args()
     if not os.path.exists(os.path.join(args.store, "random.lua")):
         raise SystemExit(f"no filled store in {args.store}: run KEEP={args.store} bash bench/scale.sh first")
@@ -88,7 +111,7 @@ def main():
     for rep in range(args.reps):
         order = args.binaries if rep % 2 == 0 else list(reversed(args.binaries))
         for b in order:
-            rps, us, ratio = one(b, args.store, args.duration, 100 * rep)
+            rps, us, ratio = one(b, args.store, args.duration, 100 * rep, args.cold)
             res[b].append((rps, us, ratio))
             print(f"round {rep + 1} {b}: {rps:,.0f} disk-tier rps, {us:.1f} µs of isr CPU per "
                   f"hit, {ratio:.2f}x the memory-tier rate", flush=True)
