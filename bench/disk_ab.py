@@ -62,8 +62,12 @@ def wrk(store, seconds, seed, script="random.lua"):
     return n, rps
 
 
-def evict(store):
+def evict(store, every=1):
+    """Drops the store's files from the page cache: all of them, or every `every`-th
+    segment file (bodies only, the metadata stays)."""
     for root, _, files in os.walk(os.path.join(store, "data")):
+        if every > 1:
+            files = sorted(f for f in files if f.endswith(".seg"))[::every]
         for name in files:
             fd = os.open(os.path.join(root, name), os.O_RDONLY)
             try:
@@ -72,9 +76,11 @@ def evict(store):
                 os.close(fd)
 
 
-def one(binary, store, seconds, seed, cold):
+def one(binary, store, seconds, seed, cold, evict_every):
     if cold:
         evict(store)
+    elif evict_every:
+        evict(store, evict_every)
     proc = subprocess.Popen(
         ["taskset", "-c", "0", binary, "serve", "--config", os.path.join(store, "isr.toml")],
         env={**os.environ, "ISR_LOG": "warn"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -104,6 +110,8 @@ def main():
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--cold", action="store_true", help="drop the store from the page cache first")
+    ap.add_argument("--evict-every", type=int, default=0, metavar="N",
+                    help="drop every N-th file of the store from the page cache first (part on the disk)")
     args = ap.parse_args()
     if not os.path.exists(os.path.join(args.store, "random.lua")):
         raise SystemExit(f"no filled store in {args.store}: run KEEP={args.store} bash bench/scale.sh first")
@@ -111,7 +119,7 @@ def main():
     for rep in range(args.reps):
         order = args.binaries if rep % 2 == 0 else list(reversed(args.binaries))
         for b in order:
-            rps, us, ratio = one(b, args.store, args.duration, 100 * rep, args.cold)
+            rps, us, ratio = one(b, args.store, args.duration, 100 * rep, args.cold, args.evict_every)
             res[b].append((rps, us, ratio))
             print(f"round {rep + 1} {b}: {rps:,.0f} disk-tier rps, {us:.1f} µs of isr CPU per "
                   f"hit, {ratio:.2f}x the memory-tier rate", flush=True)
