@@ -17,7 +17,8 @@ first.
 
 With --cold, every file of the store is dropped from the page cache before each run
 (posix_fadvise DONTNEED), and only the random pass is measured, at once: hits on a store
-read from the disk.
+read from the disk. With --evict-every N, only every N-th segment file is dropped: part of
+the bodies on the disk, the metadata in the page cache.
 
 The page cache must otherwise hold the store: a build or a test run just before evicts
 part of it, and the disk then sets both binaries' rates. Drop target/ from the page cache
