@@ -624,10 +624,18 @@ impl Engine {
     /// when only [`Engine::lookup`] can tell (a read that would wait, or that failed: it
     /// reports the failure). A page read here is kept in the hot tier on the terms of
     /// [`HotTier::admits`](crate::store::HotTier::admits), asked only once it is read.
+    #[inline]
     pub fn lookup_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
-        if let Some(e) = self.hot.get(key) {
-            return Some(Some(e));
+        match self.hot.get(key) {
+            Some(e) => Some(Some(e)),
+            None => self.read_now(key),
         }
+    }
+
+    /// The store's part of [`Engine::lookup_now`], apart so that a memory-tier hit pays
+    /// for no more than the tier's lookup.
+    #[inline(never)]
+    fn read_now(&self, key: &str) -> Option<Option<Arc<Entry>>> {
         let Some(e) = self.store.get_now(key)?.ok()? else {
             return Some(None);
         };
