@@ -108,12 +108,12 @@ impl Front {
                 match self.head(&buf, &mut key) {
                     Head::Ask(ask, len) => {
                         out.clear();
-                        let mut answered_now = true;
                         let now = if std::mem::take(&mut tried_now) {
                             None
                         } else {
                             self.answer_from(&ask, &mut out)
                         };
+                        let answered_now = now.is_some();
                         let body = match now {
                             Some(body) => body,
                             // Not to be had without waiting, not stored, or expired: the
@@ -123,10 +123,7 @@ impl Front {
                             // Outcomes other than a page (a pass-through, an error, a 404)
                             // go to hyper with the outcome, never to be served twice.
                             None => match self.serve_here(&ask, &mut out).await {
-                                Ok(body) => {
-                                    answered_now = false;
-                                    body
-                                }
+                                Ok(body) => body,
                                 Err(served) => {
                                     let key = ask.key.to_owned();
                                     return Handoff::Served(buf.freeze(), key, *served);

@@ -32,6 +32,11 @@ impl MemoryStore {
             .map_err(|_| StoreError::Failed("poisoned".into()))?;
         Ok(f(&mut inner))
     }
+
+    /// A copy of the entry stored under `key` (the store never waits).
+    fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.with(|i| i.entries.get(key).map(|e| copy(e)))
+    }
 }
 
 fn copy(e: &Entry) -> Entry {
@@ -40,11 +45,11 @@ fn copy(e: &Entry) -> Entry {
 
 impl Store for MemoryStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Entry>> {
-        Box::pin(async move { self.with(|i| i.entries.get(key).map(|e| copy(e))) })
+        Box::pin(std::future::ready(self.read(key)))
     }
 
     fn get_now(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
-        Some(self.with(|i| i.entries.get(key).map(|e| copy(e))))
+        Some(self.read(key))
     }
 
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
