@@ -154,7 +154,9 @@ pub struct Entry {
     gzip: Option<Body>,
     /// `meta.headers`, parsed once.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    etags: [HeaderValue; 3],
+    /// Each encoding's ETag, made the first time it is asked for: a page read from the
+    /// store to be sent once needs one of the three.
+    etags: [OnceLock<HeaderValue>; 3],
     /// The fixed part of each encoding's HTTP/1 response head, rendered by the hit lane on
     /// the first answer in that encoding and copied as it is into every later one.
     wire_heads: [OnceLock<Box<[u8]>>; 3],
@@ -193,17 +195,13 @@ impl Entry {
                 ))
             })
             .collect();
-        let etags = Encoding::ALL.map(|e| {
-            HeaderValue::from_str(&format!("\"{}{}\"", meta.hash, e.etag_suffix()))
-                .expect("hex etag is a valid header")
-        });
         Entry {
             meta,
             identity,
             br,
             gzip,
             headers,
-            etags,
+            etags: Default::default(),
             wire_heads: Default::default(),
         }
     }
@@ -298,7 +296,10 @@ impl Entry {
 
     /// The ETag of one encoding.
     pub fn etag(&self, e: Encoding) -> &HeaderValue {
-        &self.etags[e as usize]
+        self.etags[e as usize].get_or_init(|| {
+            HeaderValue::from_str(&format!("\"{}{}\"", self.meta.hash, e.etag_suffix()))
+                .expect("hex etag is a valid header")
+        })
     }
 
     /// The fixed part of the response head in encoding `e`, made by `render` the first
