@@ -659,8 +659,6 @@ fn claim(
     Ok(())
 }
 
-/// Reads the entry stored under `key`. Unless `wait`, it returns [`Unread::WouldBlock`]
-/// rather than wait for the disk to read its bodies.
 /// How [`read_entry`] gets an entry's bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bodies {
@@ -673,6 +671,8 @@ enum Bodies {
     Refer,
 }
 
+/// Reads the entry stored under `key`, its bodies as `bodies` says: `Ok(Err(WouldBlock))`
+/// when they are not in the page cache and `bodies` is not [`Bodies::Wait`].
 fn read_entry(
     slot: &Slot,
     segs: &Segments,
