@@ -95,6 +95,109 @@ impl Meta {
     pub fn from_bytes(b: &[u8]) -> Result<Meta, serde_json::Error> {
         serde_json::from_slice(b)
     }
+
+    /// Encodes compactly, for the embedded store's rows: no field names and no escaping,
+    /// so a disk-tier hit decodes it in a fraction of JSON's time. Starts with
+    /// [`BINARY_META`], which no JSON text starts with. (Redis keeps JSON, which nodes of
+    /// other versions read.)
+    pub(crate) fn to_binary(&self) -> Vec<u8> {
+        let strings = self.headers.iter().map(|(n, v)| n.len() + v.len());
+        let size = 64
+            + self.hash.len()
+            + strings.sum::<usize>()
+            + self.tags.iter().map(String::len).sum::<usize>();
+        let mut b = Vec::with_capacity(size + 8 * (self.headers.len() + self.tags.len()));
+        b.push(BINARY_META);
+        b.extend_from_slice(&self.status.to_le_bytes());
+        for n in [
+            self.generated,
+            self.revalidate.unwrap_or(0),
+            self.expire,
+            self.bytes,
+        ] {
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        let flags =
+            u8::from(self.revalidate.is_some()) | u8::from(self.br) << 1 | u8::from(self.gzip) << 2;
+        b.push(flags);
+        put_str(&mut b, &self.hash);
+        put_count(&mut b, self.headers.len());
+        for (n, v) in &self.headers {
+            put_str(&mut b, n);
+            put_str(&mut b, v);
+        }
+        put_count(&mut b, self.tags.len());
+        for t in &self.tags {
+            put_str(&mut b, t);
+        }
+        b
+    }
+
+    /// Decodes what [`Meta::to_binary`] encoded; `None` when `b` is not that.
+    pub(crate) fn from_binary(b: &[u8]) -> Option<Meta> {
+        let mut r = Reader(b);
+        if r.take(1)? != [BINARY_META] {
+            return None;
+        }
+        let status = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+        let (generated, revalidate, expire, bytes) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let flags = r.take(1)?[0];
+        let hash = r.string()?;
+        let headers = (0..r.u32()?)
+            .map(|_| Some((r.string()?, r.string()?)))
+            .collect::<Option<Vec<_>>>()?;
+        let tags = (0..r.u32()?)
+            .map(|_| r.string())
+            .collect::<Option<Vec<_>>>()?;
+        r.0.is_empty().then_some(Meta {
+            status,
+            headers,
+            generated,
+            revalidate: (flags & 1 != 0).then_some(revalidate),
+            expire,
+            tags,
+            hash,
+            br: flags & 2 != 0,
+            gzip: flags & 4 != 0,
+            bytes,
+        })
+    }
+}
+
+/// The first byte of [`Meta::to_binary`]'s encoding.
+const BINARY_META: u8 = 0xB1;
+
+fn put_count(b: &mut Vec<u8>, n: usize) {
+    b.extend_from_slice(&(n as u32).to_le_bytes());
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    put_count(b, s.len());
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// Reads [`Meta::to_binary`]'s encoding front to back.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        Some(std::str::from_utf8(self.take(n)?).ok()?.to_owned())
+    }
 }
 
 /// One body variant: on the heap, or in a file the hit lane sends with `sendfile`: a
@@ -509,6 +612,31 @@ mod tests {
         assert!(if_none_match(&w, &tag));
         assert!(if_none_match(&HeaderValue::from_static("*"), &tag));
         assert!(!if_none_match(&HeaderValue::from_static("\"other\""), &tag));
+    }
+
+    proptest::proptest! {
+        /// Any metadata survives the store's binary encoding, and no cut of an encoding
+        /// decodes (a torn row reads as corrupt, never as other metadata).
+        #[test]
+        fn binary_metadata_round_trips_and_truncations_are_refused(
+            status in 100u16..600,
+            headers in proptest::collection::vec(("[a-z-]{1,12}", "\\PC{0,40}"), 0..4),
+            times in (proptest::num::u64::ANY, proptest::option::of(proptest::num::u64::ANY), proptest::num::u64::ANY, proptest::num::u64::ANY),
+            tags in proptest::collection::vec("\\PC{0,20}", 0..4),
+            flags in (proptest::bool::ANY, proptest::bool::ANY),
+        ) {
+            let (generated, revalidate, expire, bytes) = times;
+            let m = Meta {
+                status, headers, generated, revalidate, expire, tags,
+                hash: hash(b"x"), br: flags.0, gzip: flags.1, bytes,
+            };
+            let b = m.to_binary();
+            proptest::prop_assert_eq!(Meta::from_binary(&b), Some(m.clone()));
+            for cut in 0..b.len() {
+                proptest::prop_assert_eq!(Meta::from_binary(&b[..cut]), None);
+            }
+            proptest::prop_assert_eq!(Meta::from_binary(&m.to_bytes()), None, "JSON is not taken for it");
+        }
     }
 
     #[test]

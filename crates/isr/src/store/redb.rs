@@ -1,13 +1,15 @@
 //! The embedded durable store: one redb file in `data_dir`, and the page bodies in
 //! segment files beside it ([`super::segments`]).
 //!
-//! Tables: `meta` (key → the entry's [`Extent`] and its metadata), `extents` ((segment,
+//! Tables: `pages` (key → the entry's [`Extent`] and its metadata, in
+//! [`Meta::to_binary`]'s encoding), `extents` ((segment,
 //! offset) → key: which entry each extent belongs to, to move it when its segment is
 //! compacted), `segment_live` (segment → bytes still referenced), `tags` ((tag, key) → ())
-//! for eager tag revalidation, and two tables only read, which earlier versions wrote:
-//! `chunks` ((key, encoding, n) → up to 8,000 bytes of a body; a row of `meta` without an
-//! extent has its bodies there, until the page is next written) and `marks` (name →
-//! (stale_at, expire_at)). Metadata is apart from bodies so freshness checks never read a
+//! for eager tag revalidation, and tables only read, which earlier versions wrote:
+//! `chunks` ((key, encoding, n) → up to 8,000 bytes of a body; a row of `pages` without an
+//! extent has its bodies there, until the page is next written), `marks` (name →
+//! (stale_at, expire_at)) and `meta` (string key → JSON metadata, converted into `pages`
+//! on open by [`migrate_meta`]). Metadata is apart from bodies so freshness checks never read a
 //! body. Revalidation marks are written to their own append-only log beside the database
 //! ([`super::marks`]): a revalidation then waits for one small `fdatasync`, not for a
 //! commit of the whole store.
@@ -49,6 +51,10 @@ use super::{Store, StoreError, StoreFuture, StoreStats};
 use crate::entry::{Body, Encoding, Entry, Meta};
 use crate::policy::Mark;
 
+/// Key (the bytes of its string) → extent and [`Meta::to_binary`] row.
+const PAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pages");
+/// Key → extent and JSON metadata, as versions before `pages` stored them: moved into
+/// `pages` when the database is opened ([`migrate_meta`]).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EXTENTS: TableDefinition<(u32, u64), &str> = TableDefinition::new("extents");
 const LIVE: TableDefinition<u32, u64> = TableDefinition::new("segment_live");
@@ -221,7 +227,7 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     let mut txn = db.begin_write().map_err(err)?;
     txn.set_quick_repair(true);
     {
-        txn.open_table(META).map_err(err)?;
+        txn.open_table(PAGES).map_err(err)?;
         txn.open_table(EXTENTS).map_err(err)?;
         txn.open_table(LIVE).map_err(err)?;
         txn.open_table(CHUNKS).map_err(err)?;
@@ -229,7 +235,88 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(MARKS).map_err(err)?;
     }
     txn.commit().map_err(err)?;
+    migrate_meta(&db, path)?;
     Ok(db)
+}
+
+/// Rows moved from `meta` to `pages` per transaction.
+const MIGRATE_BATCH: usize = 20_000;
+
+/// Moves the rows of `meta` (JSON metadata under string keys, as versions before `pages`
+/// wrote them) into `pages`, then deletes `meta`: once per database, on the first open by
+/// this version. Each batch moves atomically, so an interrupted migration resumes on the
+/// next open. A row whose JSON does not decode is dropped (the page is fetched again).
+/// Earlier versions do not read `pages`: they would see an empty store, and must not be
+/// run on one this version has opened (README, "Durability").
+fn migrate_meta(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let exists = match db.begin_read().map_err(err)?.open_table(META) {
+        Ok(_) => true,
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(e) => return Err(err(e)),
+    };
+    if !exists {
+        return Ok(());
+    }
+    let (started, mut moved, mut dropped) = (std::time::Instant::now(), 0u64, 0u64);
+    loop {
+        let mut txn = db.begin_write().map_err(err)?;
+        txn.set_quick_repair(true);
+        let done = {
+            let mut meta = txn.open_table(META).map_err(err)?;
+            let mut pages = txn.open_table(PAGES).map_err(err)?;
+            let mut extents = txn.open_table(EXTENTS).map_err(err)?;
+            let mut delta = Delta::new();
+            let rows = meta
+                .iter()
+                .map_err(err)?
+                .take(MIGRATE_BATCH)
+                .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            for (key, row) in &rows {
+                let (ext, json) = decode_row(row)?;
+                // `taken` only after an earlier version wrote to a store this one had
+                // converted: the row this version wrote stays. A row dropped leaves its
+                // bodies as dead bytes for compaction.
+                let taken = pages.get(key.as_bytes()).map_err(err)?.is_some();
+                match Meta::from_bytes(json).ok().filter(|_| !taken) {
+                    None => {
+                        if let Some(ext) = ext {
+                            release(&mut extents, &mut delta, &ext)?;
+                        }
+                        dropped += 1;
+                    }
+                    Some(m) => {
+                        let binary = m.to_binary();
+                        let row = match ext {
+                            Some(ext) => encode_row(&ext, &binary),
+                            // Bodies still in the chunk table: no extent, as before.
+                            None => binary,
+                        };
+                        pages.insert(key.as_bytes(), row.as_slice()).map_err(err)?;
+                        moved += 1;
+                    }
+                }
+                meta.remove(key.as_str()).map_err(err)?;
+            }
+            let mut live = txn.open_table(LIVE).map_err(err)?;
+            for (seg, d) in delta {
+                let now = live.get(seg).map_err(err)?.map_or(0, |v| v.value());
+                live.insert(seg, now.saturating_add_signed(d))
+                    .map_err(err)?;
+            }
+            rows.len() < MIGRATE_BATCH
+        };
+        if done {
+            txn.delete_table(META).map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        if done {
+            break;
+        }
+    }
+    tracing::info!(path = %path.display(), pages = moved, dropped, took_ms = started.elapsed().as_millis() as u64, "moved the store's metadata to its binary format");
+    Ok(())
 }
 
 /// The open database (an error while it is being reopened).
@@ -425,7 +512,7 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         let mut delta = Delta::new();
         {
-            let mut meta = txn.open_table(META).map_err(err)?;
+            let mut meta = txn.open_table(PAGES).map_err(err)?;
             let mut extents = txn.open_table(EXTENTS).map_err(err)?;
             let mut chunks = txn.open_table(CHUNKS).map_err(err)?;
             let mut tags = txn.open_table(TAGS).map_err(err)?;
@@ -441,10 +528,10 @@ impl Writer {
                 };
                 let k = key.as_str();
                 // `legacy`: stored by an earlier version, its bodies in the chunk table.
-                let (old_ext, old, legacy) = match meta.get(k).map_err(err)? {
+                let (old_ext, old, legacy) = match meta.get(k.as_bytes()).map_err(err)? {
                     Some(row) => {
                         let (ext, m) = decode_row(row.value())?;
-                        (ext, Meta::from_bytes(m).ok(), ext.is_none())
+                        (ext, Meta::from_binary(m), ext.is_none())
                     }
                     None => (None, None, false),
                 };
@@ -499,8 +586,11 @@ impl Writer {
                         ext
                     }
                 };
-                meta.insert(k, encode_row(&ext, &entry.meta.to_bytes()).as_slice())
-                    .map_err(err)?;
+                meta.insert(
+                    k.as_bytes(),
+                    encode_row(&ext, &entry.meta.to_binary()).as_slice(),
+                )
+                .map_err(err)?;
                 results.push(true);
             }
         }
@@ -582,7 +672,7 @@ impl Writer {
         txn.set_quick_repair(true);
         let mut delta = Delta::new();
         {
-            let mut meta = txn.open_table(META).map_err(err)?;
+            let mut meta = txn.open_table(PAGES).map_err(err)?;
             let mut extents = txn.open_table(EXTENTS).map_err(err)?;
             let rows = extents
                 .range((seg, 0)..=(seg, u64::MAX))
@@ -602,7 +692,7 @@ impl Writer {
                     break;
                 }
                 let row = meta
-                    .get(key.as_str())
+                    .get(key.as_bytes())
                     .map_err(err)?
                     .map(|r| r.value().to_vec());
                 let found = match &row {
@@ -623,7 +713,7 @@ impl Writer {
                 let new = self.append([&i, &b, &g])?;
                 release(&mut extents, &mut delta, &old)?;
                 claim(&mut extents, &mut delta, &new, &key)?;
-                meta.insert(key.as_str(), encode_row(&new, found.1).as_slice())
+                meta.insert(key.as_bytes(), encode_row(&new, found.1).as_slice())
                     .map_err(err)?;
                 moved += old.len();
             }
@@ -683,12 +773,12 @@ fn read_entry(
     // snapshot: the next snapshot has where it moved.
     for _ in 0..3 {
         let txn = current(slot)?.begin_read().map_err(err)?;
-        let meta = txn.open_table(META).map_err(err)?;
-        let Some(row) = meta.get(key).map_err(err)? else {
+        let meta = txn.open_table(PAGES).map_err(err)?;
+        let Some(row) = meta.get(key.as_bytes()).map_err(err)? else {
             return Ok(Ok(None));
         };
         let (ext, m) = decode_row(row.value())?;
-        let m = Meta::from_bytes(m).map_err(err)?;
+        let m = Meta::from_binary(m).ok_or_else(|| corrupt(key))?;
         let large = |ext: &Extent| ext.lens[0] as usize >= REFER_MIN_BYTES;
         if let Some(ext) = ext.filter(|e| bodies == Bodies::Refer && large(e)) {
             let [identity, br, gzip] = match segs.refer(&ext) {
@@ -769,9 +859,18 @@ impl InlineReads {
     }
 }
 
-/// The metadata in a `meta` row.
-fn decode_meta(row: &[u8]) -> Result<Meta, StoreError> {
-    Meta::from_bytes(decode_row(row)?.1).map_err(err)
+/// The metadata in the `pages` row of `key`.
+fn decode_meta(key: &str, row: &[u8]) -> Result<Meta, StoreError> {
+    Meta::from_binary(decode_row(row)?.1).ok_or_else(|| corrupt(key))
+}
+
+/// A `pages` key as the string it was written from.
+fn key_str(k: &[u8]) -> Result<&str, StoreError> {
+    std::str::from_utf8(k).map_err(|_| StoreError::Failed("a stored key is not UTF-8".into()))
+}
+
+fn corrupt(key: &str) -> StoreError {
+    StoreError::Failed(format!("the stored metadata of {key} is corrupt"))
 }
 
 /// The bodies of a page an earlier version stored, in the chunk table.
@@ -828,9 +927,9 @@ impl Store for RedbStore {
         let (slot, key) = (self.db.clone(), key.to_string());
         blocking(move || {
             let txn = current(&slot)?.begin_read().map_err(err)?;
-            let meta = txn.open_table(META).map_err(err)?;
-            match meta.get(key.as_str()).map_err(err)? {
-                Some(row) => decode_meta(row.value()).map(Some),
+            let meta = txn.open_table(PAGES).map_err(err)?;
+            match meta.get(key.as_bytes()).map_err(err)? {
+                Some(row) => decode_meta(&key, row.value()).map(Some),
                 None => Ok(None),
             }
         })
@@ -917,11 +1016,11 @@ impl Store for RedbStore {
 
     fn keys_with_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<String>> {
         let r = self.read(|txn| {
-            let meta = txn.open_table(META).map_err(err)?;
+            let meta = txn.open_table(PAGES).map_err(err)?;
             let mut keys = Vec::new();
-            for row in meta.range(prefix..).map_err(err)? {
+            for row in meta.range(prefix.as_bytes()..).map_err(err)? {
                 let (k, _) = row.map_err(err)?;
-                let k = k.value();
+                let k = key_str(k.value())?;
                 if !k.starts_with(prefix) {
                     break;
                 }
@@ -940,16 +1039,19 @@ impl Store for RedbStore {
     ) -> StoreFuture<'a, Vec<(String, Meta)>> {
         use std::ops::Bound;
         let r = self.read(|txn| {
-            let meta = txn.open_table(META).map_err(err)?;
-            let start = super::list_start(prefix, after);
+            let meta = txn.open_table(PAGES).map_err(err)?;
+            let start = super::list_start(prefix, after).map(str::as_bytes);
             let mut out = Vec::new();
-            for row in meta.range::<&str>((start, Bound::Unbounded)).map_err(err)? {
+            for row in meta
+                .range::<&[u8]>((start, Bound::Unbounded))
+                .map_err(err)?
+            {
                 let (k, v) = row.map_err(err)?;
-                let k = k.value();
+                let k = key_str(k.value())?;
                 if !k.starts_with(prefix) || out.len() == limit {
                     break;
                 }
-                out.push((k.to_string(), decode_meta(v.value())?));
+                out.push((k.to_string(), decode_meta(k, v.value())?));
             }
             Ok(out)
         });
@@ -958,7 +1060,7 @@ impl Store for RedbStore {
 
     fn stats(&self) -> StoreFuture<'_, StoreStats> {
         let r = self.read(|txn| {
-            let meta = txn.open_table(META).map_err(err)?;
+            let meta = txn.open_table(PAGES).map_err(err)?;
             Ok(StoreStats {
                 entries: meta.len().map_err(err)?,
                 bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()) + self.segs.bytes(),
@@ -1162,6 +1264,90 @@ mod tests {
         assert_eq!(s.keys_with_tag("t").await.unwrap(), ["/legacy"]);
         let txn = current(&s.db).unwrap().begin_read().unwrap();
         assert!(txn.open_table(CHUNKS).unwrap().is_empty().unwrap());
+    }
+
+    /// Turns every row of `pages` back into a row of `meta` as versions before `pages`
+    /// wrote it (string key, JSON metadata), plus one row whose JSON is corrupt.
+    fn write_as_earlier_version(dir: &Path) {
+        let db = Database::create(dir.join("isr.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut pages = txn.open_table(PAGES).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = pages
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                        .unwrap()
+                })
+                .collect();
+            for (k, row) in rows {
+                let (ext, binary) = decode_row(&row).unwrap();
+                let json = Meta::from_binary(binary).unwrap().to_bytes();
+                let key = std::str::from_utf8(&k).unwrap();
+                meta.insert(key, encode_row(&ext.unwrap(), &json).as_slice())
+                    .unwrap();
+                pages.remove(k.as_slice()).unwrap();
+            }
+            meta.insert("/torn", &b"{\"status\":2"[..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn metadata_of_earlier_versions_moves_to_the_binary_format_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            for i in 0..50 {
+                let body = format!("page {i} ").repeat(3000);
+                s.put(&format!("/p/{i}"), entry(&body, i, &["all"]))
+                    .await
+                    .unwrap();
+            }
+        }
+        write_as_earlier_version(dir.path());
+        let s = RedbStore::open(dir.path()).unwrap();
+        for i in [0, 17, 49] {
+            let e = s.get(&format!("/p/{i}")).await.unwrap().unwrap();
+            assert_eq!(e.identity(), Bytes::from(format!("page {i} ").repeat(3000)));
+            assert_eq!(e.meta.generated, i);
+        }
+        assert_eq!(
+            s.get("/torn").await.unwrap().map(|e| e.meta),
+            None,
+            "dropped"
+        );
+        assert_eq!(s.stats().await.unwrap().entries, 50);
+        assert_eq!(s.keys_with_tag("all").await.unwrap().len(), 50);
+        let listed = s.list("/p/", Some("/p/3"), 3).await.unwrap();
+        let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["/p/30", "/p/31", "/p/32"]);
+        let txn = current(&s.db).unwrap().begin_read().unwrap();
+        assert!(
+            matches!(
+                txn.open_table(META),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ),
+            "the old table is gone"
+        );
+        drop((txn, s));
+
+        // An earlier version run on the converted store wrote /p/0 again, in `meta`: the
+        // row this version wrote stays.
+        let db = Database::create(dir.path().join("isr.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let newer = entry("from an earlier version", 999, &[]).meta.to_bytes();
+        txn.open_table(META)
+            .unwrap()
+            .insert("/p/0", newer.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.get("/p/0").await.unwrap().unwrap().meta.generated, 0);
+        assert_eq!(s.stats().await.unwrap().entries, 50);
     }
 
     /// The segment files in `dir`, by number.
