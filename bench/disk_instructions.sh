@@ -7,6 +7,8 @@
 # the store's read path; the kernel's work is not counted.
 #   bash bench/disk_instructions.sh BINARY... [STORE=/tmp/isr-scale] [PAGES=200000]
 set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/callgrind.sh
 store=${STORE:-/tmp/isr-scale}
 pages=${PAGES:-200000}
 [ -f "$store/isr.toml" ] || { echo "no filled store in $store: run KEEP=$store bash bench/scale.sh first" >&2; exit 1; }
@@ -26,9 +28,6 @@ for bin in "$@"; do
   SEED=3 taskset -c 1 wrk -t1 -c16 -d5s -s "$dir/random.lua" http://127.0.0.1:19098/ >/dev/null
   callgrind_control -z "$vg" >/dev/null 2>&1
   n=$(SEED=4 taskset -c 1 wrk -t1 -c16 -d10s -s "$dir/random.lua" http://127.0.0.1:19098/ | awk '/requests in/ {print $1}')
-  callgrind_control -d "$vg" >/dev/null 2>&1
-  sleep 1
-  kill "$vg"; wait "$vg" 2>/dev/null || true
-  total=$(cat "$dir"/cg.out.* | awk '/^summary:/ {s += $2} END {print s}')
+  total=$(callgrind_total "$dir" "$vg")
   echo "$bin: $((total / n)) user-space instructions per request ($n requests)"
 done

@@ -9,6 +9,7 @@
 #   by many hits as in the benchmarks, and counts per request wrk made)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/callgrind.sh
 n=5000
 bins=()
 for a in "$@"; do
@@ -43,9 +44,6 @@ EOT
   else
     curl -s -K "$dir/urls"
   fi
-  callgrind_control -d "$vg" >/dev/null 2>&1
-  sleep 1
-  kill "$vg"; wait "$vg" 2>/dev/null || true
-  total=$(cat "$dir"/cg.out.* | awk '/^summary:/ {s += $2} END {print s}')
+  total=$(callgrind_total "$dir" "$vg")
   echo "$bin: $((total / n)) user-space instructions per hit ($total for $n hits)"
 done
