@@ -302,8 +302,7 @@ fn migrate_meta(db: &Database, path: &Path) -> Result<(), StoreError> {
             let mut live = txn.open_table(LIVE).map_err(err)?;
             for (seg, d) in delta {
                 let now = live.get(seg).map_err(err)?.map_or(0, |v| v.value());
-                live.insert(seg, now.saturating_add_signed(d))
-                    .map_err(err)?;
+                set_live(&mut live, seg, now.saturating_add_signed(d))?;
             }
             rows.len() < MIGRATE_BATCH
         };
@@ -609,11 +608,7 @@ impl Writer {
         {
             let mut live = txn.open_table(LIVE).map_err(err)?;
             for &(seg, bytes) in &changed {
-                if bytes == 0 {
-                    live.remove(seg).map_err(err)?;
-                } else {
-                    live.insert(seg, bytes).map_err(err)?;
-                }
+                set_live(&mut live, seg, bytes)?;
             }
         }
         self.app.sync()?;
@@ -720,6 +715,16 @@ impl Writer {
         }
         self.commit(txn, delta)
     }
+}
+
+/// Records that segment `seg` holds `bytes` live bytes (no row for none).
+fn set_live(live: &mut redb::Table<u32, u64>, seg: u32, bytes: u64) -> Result<(), StoreError> {
+    if bytes == 0 {
+        live.remove(seg).map_err(err)?;
+    } else {
+        live.insert(seg, bytes).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Forgets `ext` (its entry was replaced or moved): its bytes are dead now.
