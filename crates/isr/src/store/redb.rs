@@ -73,8 +73,57 @@ const COMPACT_STEP: u64 = 4 << 20;
 /// How often a store that failed a write is reopened to try again.
 const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The open database, or none while the writer reopens it.
-type Slot = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
+/// The open database, shared by the store and its writer thread.
+type Slot = Arc<Db>;
+
+/// The open database (none while the writer reopens it), and the read snapshot of its
+/// `pages` table that lookups share.
+struct Db {
+    /// The newest snapshot, opened by the first lookup after a commit and dropped by the
+    /// writer after each commit: a lookup that starts once a write has returned sees it.
+    /// (Declared first so that it is dropped before the database, whose last commit on
+    /// close can then trim the file.)
+    snapshot: std::sync::Mutex<Option<Arc<Snapshot>>>,
+    open: std::sync::RwLock<Option<Arc<Database>>>,
+}
+
+/// A read transaction and its `pages` table.
+struct Snapshot {
+    txn: redb::ReadTransaction,
+    pages: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl Db {
+    fn new(db: Database) -> Db {
+        Db {
+            snapshot: std::sync::Mutex::new(None),
+            open: std::sync::RwLock::new(Some(Arc::new(db))),
+        }
+    }
+
+    /// The newest read snapshot, opened now if no lookup has since the last commit.
+    fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
+        // Opened under the lock: a snapshot begun before a commit is never kept after the
+        // writer's `forget_snapshot` for that commit.
+        let mut shared = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &*shared {
+            return Ok(s.clone());
+        }
+        let txn = current(self)?.begin_read().map_err(err)?;
+        let pages = txn.open_table(PAGES).map_err(err)?;
+        let s = Arc::new(Snapshot { txn, pages });
+        *shared = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Drops the shared snapshot: after every commit, and before the database is closed.
+    fn forget_snapshot(&self) {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
 
 /// The redb-backed store.
 pub struct RedbStore {
@@ -139,7 +188,7 @@ impl RedbStore {
             StoreError::Failed(format!("cannot create data_dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("isr.redb");
-        let db = Arc::new(open_db(&path)?);
+        let db: Slot = Arc::new(Db::new(open_db(&path)?));
         let (segs, sizes) = Segments::open(dir)?;
         let segs = Arc::new(segs);
         let app = Appender::new(segs.clone(), &sizes, segment_bytes)?;
@@ -150,12 +199,12 @@ impl RedbStore {
                 .collect(),
             app,
             segs: segs.clone(),
+            slot: db.clone(),
             live: BTreeMap::new(),
             compact_after: None,
         };
-        writer.load_live(&db)?;
+        writer.load_live(&*current(&db)?)?;
         writer.delete_empty();
-        let db: Slot = Arc::new(std::sync::RwLock::new(Some(db)));
         let marks = Arc::new(super::marks::MarkLog::open(dir)?);
         let (tx, queue) = mpsc::channel();
         let (wdb, wpath) = (db.clone(), path.clone());
@@ -319,8 +368,9 @@ fn migrate_meta(db: &Database, path: &Path) -> Result<(), StoreError> {
 }
 
 /// The open database (an error while it is being reopened).
-fn current(slot: &Slot) -> Result<Arc<Database>, StoreError> {
-    slot.read()
+fn current(slot: &Db) -> Result<Arc<Database>, StoreError> {
+    slot.open
+        .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .ok_or_else(|| {
@@ -331,7 +381,9 @@ fn current(slot: &Slot) -> Result<Arc<Database>, StoreError> {
 /// Closes and reopens the database after a failed write. Readers holding it are given a
 /// moment to finish; if one does not, the old one is put back for the next try.
 fn reopen(slot: &Slot, path: &Path) -> Result<(), StoreError> {
-    let taken = slot.write().unwrap_or_else(|e| e.into_inner()).take();
+    let taken = slot.open.write().unwrap_or_else(|e| e.into_inner()).take();
+    // Taken first: a lookup cannot open a new snapshot of the database being closed.
+    slot.forget_snapshot();
     if let Some(mut old) = taken {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         loop {
@@ -341,7 +393,7 @@ fn reopen(slot: &Slot, path: &Path) -> Result<(), StoreError> {
                     break;
                 }
                 Err(still_shared) if std::time::Instant::now() > deadline => {
-                    *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(still_shared);
+                    *slot.open.write().unwrap_or_else(|e| e.into_inner()) = Some(still_shared);
                     return Err(StoreError::Failed("a read held the store open".into()));
                 }
                 Err(still_shared) => {
@@ -352,7 +404,7 @@ fn reopen(slot: &Slot, path: &Path) -> Result<(), StoreError> {
         }
     }
     let db = open_db(path)?;
-    *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+    *slot.open.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
     Ok(())
 }
 
@@ -477,6 +529,8 @@ type Delta = BTreeMap<u32, i64>;
 /// size and live bytes of every segment (as the `segment_live` table has them).
 struct Writer {
     segs: Arc<Segments>,
+    /// Told of every commit, to drop the lookups' snapshot.
+    slot: Slot,
     app: Appender,
     sizes: BTreeMap<u32, u64>,
     live: BTreeMap<u32, u64>,
@@ -613,6 +667,9 @@ impl Writer {
         }
         self.app.sync()?;
         txn.commit().map_err(err)?;
+        // Before the segments emptied by this commit are deleted: a lookup that finds its
+        // extent gone ([`Unread::Moved`]) then reads again from a newer snapshot.
+        self.slot.forget_snapshot();
         for (seg, bytes) in changed {
             self.live.insert(seg, bytes);
         }
@@ -777,9 +834,8 @@ fn read_entry(
     // Another try only when the extent was in a segment compacted away since the
     // snapshot: the next snapshot has where it moved.
     for _ in 0..3 {
-        let txn = current(slot)?.begin_read().map_err(err)?;
-        let meta = txn.open_table(PAGES).map_err(err)?;
-        let Some(row) = meta.get(key.as_bytes()).map_err(err)? else {
+        let snap = slot.snapshot()?;
+        let Some(row) = snap.pages.get(key.as_bytes()).map_err(err)? else {
             return Ok(Ok(None));
         };
         let (ext, m) = decode_row(row.value())?;
@@ -800,7 +856,7 @@ fn read_entry(
                 Err(Unread::Moved) => continue,
                 Err(Unread::WouldBlock) => return Ok(Err(Unread::WouldBlock)),
             },
-            None => read_chunks(&txn, key, &m)?,
+            None => read_chunks(&snap.txn, key, &m)?,
         };
         let (br, gzip) = (m.br.then_some(br), m.gzip.then_some(gzip));
         return Ok(Ok(Some(Entry::new(m, identity, br, gzip))));
@@ -1393,6 +1449,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lookup_sees_every_write_that_returned_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        for v in 1..=5u64 {
+            let body = format!("version {v}");
+            s.put("/p", entry(&body, v, &[])).await.unwrap();
+            // Each lookup shares the snapshot the last one opened, until the next commit.
+            for _ in 0..2 {
+                let now = s.get_now("/p").expect("page cache").unwrap().unwrap();
+                assert_eq!(now.identity(), Bytes::from(body.clone()));
+                let read = s.get("/p").await.unwrap().unwrap();
+                assert_eq!(read.identity(), Bytes::from(body.clone()));
+            }
+        }
+        assert!(s.get_now("/new").unwrap().unwrap().is_none());
+        s.put("/new", entry("new", 1, &[])).await.unwrap();
+        assert!(s.get_now("/new").unwrap().unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn rewritten_pages_leave_dead_segments_that_compaction_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open_with(dir.path(), 4096).unwrap();
@@ -1407,7 +1483,17 @@ mod tests {
                     .unwrap();
             }
         }
+        let read_all = || async {
+            for k in 0..40 {
+                let e = s.get(&format!("/p{k}")).await.unwrap().unwrap();
+                assert_eq!(e.identity(), Bytes::from(body(k, latest(k))));
+            }
+        };
+        // Read before and after compaction moves them: the lookups' shared snapshot from
+        // before it must not outlive the segments it refers to.
+        read_all().await;
         until_compacted(&s).await;
+        read_all().await;
         // 40 live pages of 1,000 bytes: about ten 4 KiB segments, not the forty written.
         let files = segment_files(dir.path());
         assert!(files.len() <= 14, "{files:?}");
