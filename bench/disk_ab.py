@@ -15,7 +15,7 @@ rps, of isr's CPU time per disk-tier hit (utime + stime over the pass) and of th
 disk-tier rate over the memory-tier rate of the same run, and each binary's ratio to the
 first. Each run also prints the bytes isr had read from the disk per hit (`read_bytes` in
 /proc/PID/io): near zero when the page cache held the pages, and the reason when one run
-is far slower than the others.
+is far slower than the others; and isr's RSS plus page files after the random pass.
 
 With --pages N, the random passes go over /page/0 … /page/N-1 only: on a machine whose page
 cache keeps less than the whole store (this VM keeps about 90 % of the 17 GB), a subset
@@ -91,6 +91,21 @@ def read_bytes(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
 
 
+def memory_mib(pid):
+    """RSS plus the bytes held in page files (memfds), which count in the memory tier but
+    not in RSS, in MiB (as bench/scale.sh reports them)."""
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+    files = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                files += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:
+            pass
+    return (rss + files) / 2**20
+
+
 def one(binary, store, seconds, seed, cold, evict_every, random):
     if cold:
         evict(store)
@@ -113,7 +128,8 @@ def one(binary, store, seconds, seed, cold, evict_every, random):
         before, disk = cpu_s(proc.pid), read_bytes(proc.pid)
         n, rps = wrk(store, seconds, seed + 1, random)
         disk = (read_bytes(proc.pid) - disk) / n
-        return rps, (cpu_s(proc.pid) - before) / n * 1e6, rps / memory if memory else 0.0, disk
+        ratio = rps / memory if memory else 0.0
+        return rps, (cpu_s(proc.pid) - before) / n * 1e6, ratio, disk, memory_mib(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
@@ -145,12 +161,12 @@ def main():
     for rep in range(args.reps):
         order = args.binaries if rep % 2 == 0 else list(reversed(args.binaries))
         for b in order:
-            rps, us, ratio, disk = one(b, args.store, args.duration, 100 * rep, args.cold,
+            rps, us, ratio, disk, mib = one(b, args.store, args.duration, 100 * rep, args.cold,
                                          args.evict_every, random)
             res[b].append((rps, us, ratio))
             print(f"round {rep + 1} {b}: {rps:,.0f} disk-tier rps, {us:.1f} µs of isr CPU per "
                   f"hit, {ratio:.2f}x the memory-tier rate, {disk / 1024:.1f} KiB read from "
-                  "the disk per hit", flush=True)
+                  f"the disk per hit, RSS + page files {mib:.0f} MiB", flush=True)
     base = None
     for b in args.binaries:
         rps, us, ratio = (statistics.median(r[i] for r in res[b]) for i in range(3))

@@ -10,7 +10,10 @@ mod demo;
 
 /// mimalloc keeps RSS close to what the memory tier holds when pages churn across threads
 /// (glibc's per-thread arenas kept ~90 MiB of freed bodies) and is faster on small
-/// allocations. Measured in BENCHMARKS.md.
+/// allocations. Its 2.x line (feature `v2`): with the 3.x line that `libmimalloc-sys` builds
+/// by default, a disk-tier hit took 13 % more instructions, most in the allocator's slow
+/// path for the 4 KiB buffers redb allocates and frees for every page it reads (RSS the
+/// same). Measured in BENCHMARKS.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
