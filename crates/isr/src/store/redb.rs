@@ -33,6 +33,7 @@
 //! cache (handing a read to another thread costs more than the read), and on tokio's
 //! blocking pool when they would wait for the disk, so that several disk reads wait at
 //! once without stalling the threads that serve hits from memory: see [`InlineReads`].
+//! They share one read snapshot of `pages` until the writer's next commit ([`Db`]).
 //! Index scans (eager revalidation) and loading the marks (start-up) run inline.
 
 use std::collections::BTreeMap;
