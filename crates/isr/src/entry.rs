@@ -288,16 +288,13 @@ impl Entry {
             .flatten()
             .map(|b| b.len() as u64)
             .sum();
-        let headers = meta
-            .headers
-            .iter()
-            .filter_map(|(n, v)| {
-                Some((
-                    HeaderName::from_bytes(n.as_bytes()).ok()?,
-                    HeaderValue::from_str(v).ok()?,
-                ))
-            })
-            .collect();
+        let mut headers = Vec::with_capacity(meta.headers.len());
+        headers.extend(meta.headers.iter().filter_map(|(n, v)| {
+            Some((
+                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        }));
         Entry {
             meta,
             identity,
@@ -397,12 +394,9 @@ impl Entry {
         }
     }
 
-    /// The ETag of one encoding.
+    /// The ETag of one encoding: the body's hash in quotes, with a suffix per encoding.
     pub fn etag(&self, e: Encoding) -> &HeaderValue {
-        self.etags[e as usize].get_or_init(|| {
-            HeaderValue::from_str(&format!("\"{}{}\"", self.meta.hash, e.etag_suffix()))
-                .expect("hex etag is a valid header")
-        })
+        self.etags[e as usize].get_or_init(|| etag_value(&self.meta.hash, e.etag_suffix()))
     }
 
     /// The fixed part of the response head in encoding `e`, made by `render` the first
@@ -439,6 +433,26 @@ impl Entry {
 }
 
 /// True when an `Accept-Encoding` value accepts `name` (a `q=0` refuses it).
+/// `"HASH SUFFIX"` as a header value, built without `format!` (a page read from the store
+/// to be sent once makes one per request). The hash is hex when isr wrote it; one that a
+/// damaged row made unfit for a header (quotes, control bytes) is sent hex-encoded rather
+/// than failing the request.
+fn etag_value(hash: &str, suffix: &str) -> HeaderValue {
+    let fits = |b: &u8| *b == b'!' || (b'#'..=b'~').contains(b);
+    let mut v = Vec::with_capacity(2 * hash.len() + suffix.len() + 2);
+    v.push(b'"');
+    if hash.as_bytes().iter().all(fits) {
+        v.extend_from_slice(hash.as_bytes());
+    } else {
+        for b in hash.bytes() {
+            v.extend_from_slice(format!("{b:02x}").as_bytes());
+        }
+    }
+    v.extend_from_slice(suffix.as_bytes());
+    v.push(b'"');
+    HeaderValue::from_maybe_shared(Bytes::from(v)).expect("quoted etagc bytes are a header value")
+}
+
 fn accepts(header: &[u8], name: &str) -> bool {
     let Ok(text) = std::str::from_utf8(header) else {
         return false;
@@ -569,6 +583,18 @@ mod tests {
             bytes: 0,
         };
         Entry::new(meta, Bytes::from(body.to_string()), br, gz)
+    }
+
+    #[test]
+    fn etags_quote_the_hash_and_survive_a_damaged_one() {
+        let mut e = entry("<p>hello</p>");
+        let hash = e.meta.hash.clone();
+        assert_eq!(e.etag(Encoding::Identity), &format!("\"{hash}\""));
+        assert_eq!(e.etag(Encoding::Br), &format!("\"{hash}-br\""));
+        assert_eq!(e.etag(Encoding::Gzip), &format!("\"{hash}-gz\""));
+        e.meta.hash = "a\"b\n".into();
+        e.etags = Default::default();
+        assert_eq!(e.etag(Encoding::Identity), "\"6122620a\"");
     }
 
     #[test]
