@@ -432,7 +432,6 @@ impl Entry {
     }
 }
 
-/// True when an `Accept-Encoding` value accepts `name` (a `q=0` refuses it).
 /// `"HASH SUFFIX"` as a header value, built without `format!` (a page read from the store
 /// to be sent once makes one per request). The hash is hex when isr wrote it; one that a
 /// damaged row made unfit for a header (quotes, control bytes) is sent hex-encoded rather
@@ -453,6 +452,7 @@ fn etag_value(hash: &str, suffix: &str) -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from(v)).expect("quoted etagc bytes are a header value")
 }
 
+/// True when an `Accept-Encoding` value accepts `name` (a `q=0` refuses it).
 fn accepts(header: &[u8], name: &str) -> bool {
     let Ok(text) = std::str::from_utf8(header) else {
         return false;
