@@ -839,8 +839,7 @@ fn read_entry(
         let Some(row) = snap.pages.get(key.as_bytes()).map_err(err)? else {
             return Ok(Ok(None));
         };
-        let (ext, m) = decode_row(row.value())?;
-        let m = Meta::from_binary(m).ok_or_else(|| corrupt(key))?;
+        let (ext, m) = decode_page(key, row.value())?;
         let large = |ext: &Extent| ext.lens[0] as usize >= REFER_MIN_BYTES;
         if let Some(ext) = ext.filter(|e| bodies == Bodies::Refer && large(e)) {
             let [identity, br, gzip] = match segs.refer(&ext) {
@@ -921,9 +920,15 @@ impl InlineReads {
     }
 }
 
+/// The extent and metadata in the `pages` row of `key`.
+fn decode_page(key: &str, row: &[u8]) -> Result<(Option<Extent>, Meta), StoreError> {
+    let (ext, m) = decode_row(row)?;
+    Ok((ext, Meta::from_binary(m).ok_or_else(|| corrupt(key))?))
+}
+
 /// The metadata in the `pages` row of `key`.
 fn decode_meta(key: &str, row: &[u8]) -> Result<Meta, StoreError> {
-    Meta::from_binary(decode_row(row)?.1).ok_or_else(|| corrupt(key))
+    decode_page(key, row).map(|(_, m)| m)
 }
 
 /// A `pages` key as the string it was written from.
@@ -987,14 +992,12 @@ impl Store for RedbStore {
 
     fn get_meta<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Meta>> {
         let (slot, key) = (self.db.clone(), key.to_string());
-        blocking(move || {
-            let txn = current(&slot)?.begin_read().map_err(err)?;
-            let meta = txn.open_table(PAGES).map_err(err)?;
-            match meta.get(key.as_bytes()).map_err(err)? {
+        blocking(
+            move || match slot.snapshot()?.pages.get(key.as_bytes()).map_err(err)? {
                 Some(row) => decode_meta(&key, row.value()).map(Some),
                 None => Ok(None),
-            }
-        })
+            },
+        )
     }
 
     fn put<'a>(&'a self, key: &'a str, entry: Arc<Entry>) -> StoreFuture<'a, bool> {
