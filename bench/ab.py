@@ -60,7 +60,7 @@ def main():
                     r = run.wrk(name, sc, args.duration, s.procs[name].pid)
                     results[(name, sc)].append(r)
                     print(f"rep {rep} {sc:11} {name}  {r['rps']:9.0f} rps  {r['hits_per_cpu_s']:9.0f} per CPU-s"
-                          f"  p99 {r['p99_ms']} ms", flush=True)
+                          f"  p99 {r['p99_ms']} ms  wrk {r['client_cpu_s']:.2f}s", flush=True)
     finally:
         s.stop_all()
     print(f"\nCommand: `python3 bench/ab.py OLD NEW --reps {args.reps} --duration {args.duration} "
