@@ -38,8 +38,8 @@ pub struct HotTier {
 /// Slots in [`HotTier::seen`] per entry the tier holds (of 16 KiB): a page read twice
 /// while about as many other pages are read from the store as the tier holds is kept. A
 /// page read again only later would mostly be evicted before its next read anyway: four
-/// slots per entry admitted three times as many pages, for the same or a lower hit rate
-/// (`bench/admission_sim.py`, BENCHMARKS.md "An Intel VM again").
+/// slots per entry admitted up to three times as many pages, for the same or a lower hit
+/// rate (`bench/admission_sim.py`, BENCHMARKS.md "An Intel VM again").
 const SEEN_PER_ITEM: usize = 1;
 
 impl HotTier {
