@@ -24,7 +24,7 @@ def run(P, N, per, s, reqs, seed=1):
         draw = lambda: perm[bisect.bisect_left(cdf, rnd.random() * tot)]
     slots = [0] * (N * per); tier = OrderedDict(); hits = adm = 0
     salt = rnd.getrandbits(64)
-    for i in range(reqs):
+    for _ in range(reqs):
         k = draw()
         if k in tier:
             tier.move_to_end(k); hits += 1; continue
