@@ -437,9 +437,14 @@ impl Conn {
             let head = &self.out[self.out_sent..];
             let written = match &self.body {
                 None if head.is_empty() => break,
-                None => (&self.stream).write(head),
-                Some(Body::Memory(b)) => (&self.stream)
-                    .write_vectored(&[IoSlice::new(head), IoSlice::new(&b[self.body_sent..])]),
+                // rustix's calls, as `read`'s: straight to the kernel, without libc's
+                // wrappers (about 1 % of a hit's CPU).
+                None => rustix::io::write(&self.stream, head).map_err(io::Error::from),
+                Some(Body::Memory(b)) => rustix::io::writev(
+                    &self.stream,
+                    &[IoSlice::new(head), IoSlice::new(&b[self.body_sent..])],
+                )
+                .map_err(io::Error::from),
                 Some(Body::File(_)) if !head.is_empty() => {
                     rustix::net::send(&self.stream, head, rustix::net::SendFlags::MORE)
                         .map_err(io::Error::from)
