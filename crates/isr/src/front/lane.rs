@@ -111,7 +111,7 @@ impl Front {
                         let now = if std::mem::take(&mut tried_now) {
                             None
                         } else {
-                            self.answer_from(&ask, &mut out)
+                            self.answer_from(&ask, &mut out, self.engine.now())
                         };
                         let answered_now = now.is_some();
                         let body = match now {
@@ -263,12 +263,18 @@ impl Front {
     /// Writes the head of the answer to `ask` into `out` and returns its body (`None` for
     /// `HEAD` and 304) when the page can be had without waiting ([`Engine::lookup_now`]:
     /// from the memory tier, or from the store's pages in the OS page cache); `None` when
-    /// it cannot, when it is not stored, or when its copy has expired.
+    /// it cannot, when it is not stored, or when its copy has expired. `now` is
+    /// [`Engine::now`], read a moment ago.
     ///
     /// [`Engine::lookup_now`]: crate::engine::Engine::lookup_now
-    pub(super) fn answer_from(&self, ask: &Ask<'_>, out: &mut Vec<u8>) -> Option<Option<Body>> {
+    /// [`Engine::now`]: crate::engine::Engine::now
+    pub(super) fn answer_from(
+        &self,
+        ask: &Ask<'_>,
+        out: &mut Vec<u8>,
+        now: u64,
+    ) -> Option<Option<Body>> {
         let e = self.engine.lookup_now(ask.key)??;
-        let now = self.engine.now();
         let served = self.engine.answer_cached(ask.key, e, now).ok()?;
         self.write_served(ask, served, now, out).ok()
     }
