@@ -35,6 +35,8 @@ def main():
     ap.add_argument("--nginx", action="store_true", help="nginx static in the same rotation")
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
+    if args.nginx and any(run.prefix_of(sc) not in (run.PREFIXES["16k"], run.PREFIXES["128k"]) for sc in scenarios):
+        ap.error("--nginx: nginx static has the 16 and 128 KiB pages only (scenarios *-16k, *-128k)")
     names = ["old", "new"] + (["nginx-static"] if args.nginx else [])
     run.sh("cargo build --release -q --example bench_origin", cwd=run.ROOT)
     work = tempfile.mkdtemp(prefix="isr-ab-")
