@@ -872,7 +872,7 @@ impl Engine {
     /// on-demand revalidation of one page, so the CDNs are purged of it once it is stored.
     pub async fn regenerate_now(self: &Arc<Self>, key: &str) -> Outcome {
         let copy = self.lookup(key).await.map(|e| e.meta.revalidate);
-        let outcome = self.produce(key, copy).await;
+        let outcome = self.produce(key, copy, false).await;
         if matches!(outcome, Outcome::Stored(_)) {
             self.cdn.purge_path(key, false);
         }
@@ -982,7 +982,7 @@ impl Engine {
             Turn::Go { waited: true, .. } if background => return self.abandoned(),
             Turn::Go { lease, .. } => lease,
         };
-        self.produce(key, copy).await
+        self.produce(key, copy, background).await
     }
 
     /// Takes this node's turn to fetch `key` through the store's lease (pages and data
@@ -1038,7 +1038,7 @@ impl Engine {
 
     /// [`Engine::fetch_and_store`], counted in the metrics (and logged with
     /// `--debug-cache`).
-    async fn produce(&self, key: &str, copy: Option<Window>) -> Outcome {
+    async fn produce(&self, key: &str, copy: Option<Window>, background: bool) -> Outcome {
         struct InFlight<'a>(&'a Metrics);
         impl Drop for InFlight<'_> {
             fn drop(&mut self) {
@@ -1048,7 +1048,7 @@ impl Engine {
         self.metrics.in_flight(1);
         let _in_flight = InFlight(&self.metrics);
         let started = tokio::time::Instant::now();
-        let outcome = self.fetch_and_store(key, copy).await;
+        let outcome = self.fetch_and_store(key, copy, background).await;
         let stored = matches!(outcome, Outcome::Stored(_));
         if copy.is_some() {
             self.metrics.regeneration(stored);
@@ -1075,7 +1075,7 @@ impl Engine {
     /// Fetches `key` from the origin and stores the result when it may be stored.
     /// `copy` is the revalidate window of the page being replaced, if there is one: a
     /// failure then keeps that page and backs off.
-    async fn fetch_and_store(&self, key: &str, copy: Option<Window>) -> Outcome {
+    async fn fetch_and_store(&self, key: &str, copy: Option<Window>, background: bool) -> Outcome {
         let rules = &self.routes.rules(key::path_of(key));
         let generated = self.generation_stamp();
         let started = tokio::time::Instant::now();
@@ -1163,7 +1163,7 @@ impl Engine {
                 };
                 (Ok(reused), write)
             }
-            None => (entry_with_variants(entry).await, Rewrite::All),
+            None => (entry_with_variants(entry, background).await, Rewrite::All),
         };
         let entry = match entry {
             Ok(e) => Arc::new(e),
@@ -1487,9 +1487,22 @@ pub(crate) enum Rewrite {
     SameBodiesSoon,
 }
 
-/// Compresses on a blocking thread (CPU-bound work stays off the serving threads).
-async fn entry_with_variants(entry: Entry) -> Result<Entry, tokio::task::JoinError> {
-    tokio::task::spawn_blocking(move || origin::with_variants(entry)).await
+/// Compresses off the serving threads: for a `background` regeneration on the
+/// lower-priority background threads ([`crate::background`]), so that a publish of many
+/// changed pages does not slow hits; for a fetch a visitor waits for, on tokio's blocking
+/// pool.
+async fn entry_with_variants(
+    entry: Entry,
+    background: bool,
+) -> Result<Entry, crate::background::Lost> {
+    let compress = move || origin::with_variants(entry);
+    if background {
+        crate::background::run(compress).await
+    } else {
+        tokio::task::spawn_blocking(compress)
+            .await
+            .map_err(|_| crate::background::Lost)
+    }
 }
 
 /// Publishes an outcome even when a flight's task ends without one, and removes the

@@ -56,6 +56,7 @@
 
 pub mod admin;
 pub mod api;
+mod background;
 pub mod body;
 pub mod cdn;
 pub mod config;

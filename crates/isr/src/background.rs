@@ -1,0 +1,133 @@
+//! CPU-bound work of background regenerations (compressing a changed page into its Brotli
+//! and gzip variants) runs on threads of its own, at a lower scheduling priority than the
+//! threads that serve visitors: nice [`NICE`] (Linux keeps a nice value per thread).
+//!
+//! Why: a publish that changes many pages makes isr compress each of them, several
+//! milliseconds of CPU per 128 KiB page. On tokio's blocking pool that work ran at the
+//! same priority as the hit loops, and the kernel shared the CPU evenly between every
+//! runnable thread: while 1,000 changed 128 KiB pages were compressed, hits on other
+//! pages fell to a fifth of their rate and their p99 rose from under 1 ms to 31 ms
+//! (BENCHMARKS.md, "A publish does not slow hits"). At nice 10 a compressing thread gets
+//! about a tenth of a CPU the hit loops want, and all of any CPU they leave idle, so
+//! hits keep their pace and a publish finishes as fast as the spare CPU allows.
+//!
+//! Work a visitor waits for (a miss, `x-prerender-revalidate`) stays on tokio's blocking
+//! pool at normal priority. If the threads cannot start, or the kernel refuses the nice
+//! value, background work runs there too, or at normal priority: slower hits during a
+//! publish, nothing worse.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+
+/// The nice value of the background threads (0 is normal; 19 the lowest priority).
+pub(crate) const NICE: i32 = 10;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The background threads: one per CPU this process may run on, started on first use.
+struct Pool {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The work ended without a result: it panicked, or no thread was left to run it.
+#[derive(Debug)]
+pub(crate) struct Lost;
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("compressing the page failed (the work panicked)")
+    }
+}
+
+/// Runs `work` on a background thread and waits for its result; on tokio's blocking pool
+/// when the background threads could not start.
+pub(crate) async fn run<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Lost> {
+    let Some(pool) = pool() else {
+        return tokio::task::spawn_blocking(work).await.map_err(|_| Lost);
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = done.send(panic::catch_unwind(AssertUnwindSafe(work)));
+    });
+    pool.jobs.send(job).map_err(|_| Lost)?;
+    match result.await {
+        Ok(Ok(value)) => Ok(value),
+        _ => Err(Lost),
+    }
+}
+
+fn pool() -> Option<&'static Pool> {
+    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let mut started = 0;
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("isr-background-{i}"))
+                .spawn(move || serve(&queue));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => tracing::warn!(error = %e, "cannot start a background thread"),
+            }
+        }
+        (started > 0).then_some(Pool { jobs })
+    })
+    .as_ref()
+}
+
+/// A background thread: lowers its own priority, then runs jobs until the pool is gone.
+fn serve(queue: &Mutex<mpsc::Receiver<Job>>) {
+    lower_priority();
+    loop {
+        // The lock is held only while waiting for a job, not while running it.
+        let job = match queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        job();
+    }
+}
+
+/// Sets the calling thread's nice value to [`NICE`], unless it is already lower in
+/// priority. On Linux `setpriority` of "the calling process" (no pid) sets the calling
+/// thread's, which is what makes this per thread.
+fn lower_priority() {
+    let now = rustix::process::getpriority_process(None).unwrap_or(0);
+    if now >= NICE {
+        return;
+    }
+    if let Err(e) = rustix::process::setpriority_process(None, NICE) {
+        tracing::debug!(error = %e, "background thread stays at normal priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_runs_at_a_lower_priority_and_returns_its_result() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let (nice, sum) = run(|| {
+            let nice = rustix::process::getpriority_process(None).unwrap();
+            (nice, (1..=10).sum::<i32>())
+        })
+        .await
+        .unwrap();
+        assert_eq!(sum, 55);
+        assert!(nice >= NICE, "background work ran at nice {nice}");
+        // Only the background threads are lowered, not the caller's.
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_an_error_and_the_threads_go_on() {
+        assert!(run(|| -> u8 { panic!("boom") }).await.is_err());
+        assert_eq!(run(|| 7).await.unwrap(), 7);
+    }
+}
