@@ -599,6 +599,26 @@ async fn eager_revalidation_regenerates_without_a_visitor() {
         r.cache() == "HIT" && r.text().contains("v2")
     })
     .await;
+    // Its Brotli and gzip variants, made on the background threads, are of the new page.
+    let plain = isr.get("/blog/x").await.unwrap();
+    let br = isr
+        .request("GET", "/blog/x", &[("accept-encoding", "br")], "")
+        .await
+        .unwrap();
+    let gz = isr
+        .request("GET", "/blog/x", &[("accept-encoding", "gzip")], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (br.header("content-encoding"), gz.header("content-encoding")),
+        ("br", "gzip")
+    );
+    let mut out = Vec::new();
+    brotli::BrotliDecompress(&mut &br.body[..], &mut out).unwrap();
+    assert_eq!(out, plain.body);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut out).unwrap();
+    assert_eq!(out, plain.body);
     assert_eq!((origin.count("/blog/x"), origin.count("/blog/y")), (2, 2));
 }
 

@@ -11,8 +11,11 @@
 //! about a tenth of a CPU the hit loops want, and all of any CPU they leave idle, so
 //! hits keep their pace and a publish finishes as fast as the spare CPU allows.
 //!
-//! Work a visitor waits for (a miss, `x-prerender-revalidate`) stays on tokio's blocking
-//! pool at normal priority. If the threads cannot start, or the kernel refuses the nice
+//! The caller waits for the result on one of tokio's blocking threads (which sleeps
+//! meanwhile), as if the work ran there: tokio's paused test clock stands still while
+//! blocking work is in flight, and tests of regenerations rely on that. Work a visitor
+//! waits for (a miss, `x-prerender-revalidate`) stays on tokio's blocking pool at normal
+//! priority. If the threads cannot start, or the kernel refuses the nice
 //! value, background work runs there too, or at normal priority: slower hits during a
 //! publish, nothing worse.
 
@@ -52,8 +55,10 @@ pub(crate) async fn run<T: Send + 'static>(
         let _ = done.send(panic::catch_unwind(AssertUnwindSafe(work)));
     });
     pool.jobs.send(job).map_err(|_| Lost)?;
-    match result.await {
-        Ok(Ok(value)) => Ok(value),
+    // Waited for on a blocking thread, so that tokio counts the work as blocking work in
+    // flight, as when it ran there: a paused test clock does not jump ahead meanwhile.
+    match tokio::task::spawn_blocking(move || result.blocking_recv()).await {
+        Ok(Ok(Ok(value))) => Ok(value),
         _ => Err(Lost),
     }
 }
