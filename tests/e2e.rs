@@ -63,32 +63,42 @@ async fn brotli_and_gzip_variants_follow_accept_encoding() {
     let origin = Origin::start().await;
     let isr = Isr::start(&origin).await;
     let plain = isr.get("/page").await.unwrap();
-    let br = isr
-        .request("GET", "/page", &[("accept-encoding", "gzip, br")], "")
-        .await
-        .unwrap();
-    let gz = isr
-        .request("GET", "/page", &[("accept-encoding", "gzip")], "")
-        .await
-        .unwrap();
-    assert_eq!(br.header("content-encoding"), "br");
-    assert_eq!(gz.header("content-encoding"), "gzip");
+    let (br, gz) = compressed_variants_of(&isr, "/page", &plain).await;
     assert_eq!(plain.header("content-encoding"), "");
     assert_eq!(br.header("vary"), "Accept-Encoding");
     assert!(br.body.len() < plain.body.len() && gz.body.len() < plain.body.len());
     let etags = [plain.header("etag"), br.header("etag"), gz.header("etag")];
     assert!(etags[0] != etags[1] && etags[1] != etags[2] && etags[0] != etags[2]);
+    assert_eq!(
+        origin.count("/page"),
+        1,
+        "variants are made once, from one origin response"
+    );
+}
+
+/// The Brotli and gzip answers for `path`, each checked to decode to `plain`'s body.
+async fn compressed_variants_of(
+    isr: &Isr,
+    path: &str,
+    plain: &common::Reply,
+) -> (common::Reply, common::Reply) {
+    let br = isr
+        .request("GET", path, &[("accept-encoding", "gzip, br")], "")
+        .await
+        .unwrap();
+    let gz = isr
+        .request("GET", path, &[("accept-encoding", "gzip")], "")
+        .await
+        .unwrap();
+    assert_eq!(br.header("content-encoding"), "br");
+    assert_eq!(gz.header("content-encoding"), "gzip");
     let mut out = Vec::new();
     brotli::BrotliDecompress(&mut &br.body[..], &mut out).unwrap();
     assert_eq!(out, plain.body);
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut out).unwrap();
     assert_eq!(out, plain.body);
-    assert_eq!(
-        origin.count("/page"),
-        1,
-        "variants are made once, from one origin response"
-    );
+    (br, gz)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -601,24 +611,7 @@ async fn eager_revalidation_regenerates_without_a_visitor() {
     .await;
     // Its Brotli and gzip variants, made on the background threads, are of the new page.
     let plain = isr.get("/blog/x").await.unwrap();
-    let br = isr
-        .request("GET", "/blog/x", &[("accept-encoding", "br")], "")
-        .await
-        .unwrap();
-    let gz = isr
-        .request("GET", "/blog/x", &[("accept-encoding", "gzip")], "")
-        .await
-        .unwrap();
-    assert_eq!(
-        (br.header("content-encoding"), gz.header("content-encoding")),
-        ("br", "gzip")
-    );
-    let mut out = Vec::new();
-    brotli::BrotliDecompress(&mut &br.body[..], &mut out).unwrap();
-    assert_eq!(out, plain.body);
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut out).unwrap();
-    assert_eq!(out, plain.body);
+    compressed_variants_of(&isr, "/blog/x", &plain).await;
     assert_eq!((origin.count("/blog/x"), origin.count("/blog/y")), (2, 2));
 }
 

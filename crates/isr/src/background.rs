@@ -6,8 +6,8 @@
 //! milliseconds of CPU per 128 KiB page. On tokio's blocking pool that work ran at the
 //! same priority as the hit loops, and the kernel shared the CPU evenly between every
 //! runnable thread: while 1,000 changed 128 KiB pages were compressed, hits on other
-//! pages fell to a fifth of their rate and their p99 rose from under 1 ms to 31 ms
-//! (BENCHMARKS.md, "A publish does not slow hits"). At nice 10 a compressing thread gets
+//! pages fell to a fifth of their rate and their p99 rose from about 1 ms to 31–38 ms
+//! (BENCHMARKS.md, "An AMD VM again, and a publish that no longer starves hits"). At nice 10 a compressing thread gets
 //! about a tenth of a CPU the hit loops want, and all of any CPU they leave idle, so
 //! hits keep their pace and a publish finishes as fast as the spare CPU allows.
 //!
@@ -38,7 +38,7 @@ pub(crate) struct Lost;
 
 impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("compressing the page failed (the work panicked)")
+        f.write_str("compressing the page failed: the work panicked or was dropped")
     }
 }
 

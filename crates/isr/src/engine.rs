@@ -1074,7 +1074,8 @@ impl Engine {
 
     /// Fetches `key` from the origin and stores the result when it may be stored.
     /// `copy` is the revalidate window of the page being replaced, if there is one: a
-    /// failure then keeps that page and backs off.
+    /// failure then keeps that page and backs off. `background`: no visitor waits for this
+    /// fetch, so its compression runs at a lower priority ([`crate::background`]).
     async fn fetch_and_store(&self, key: &str, copy: Option<Window>, background: bool) -> Outcome {
         let rules = &self.routes.rules(key::path_of(key));
         let generated = self.generation_stamp();
