@@ -19,6 +19,7 @@
 //! value, background work runs there too, or at normal priority: slower hits during a
 //! publish, nothing worse.
 
+use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
@@ -85,8 +86,23 @@ fn pool() -> Option<&'static Pool> {
     .as_ref()
 }
 
+thread_local! {
+    static ON_BACKGROUND_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// On a background thread, lets a thread of higher priority that is waiting for this CPU
+/// (a hit loop woken by a request) run first (`sched_yield`); elsewhere, nothing. Long
+/// background work calls it every few kilobytes of input, so that a hit loop woken meanwhile
+/// need not wait for the scheduler's next tick to get the CPU back.
+pub(crate) fn let_others_run() {
+    if ON_BACKGROUND_THREAD.get() {
+        std::thread::yield_now();
+    }
+}
+
 /// A background thread: lowers its own priority, then runs jobs until the pool is gone.
 fn serve(queue: &Mutex<mpsc::Receiver<Job>>) {
+    ON_BACKGROUND_THREAD.set(true);
     lower_priority();
     loop {
         // The lock is held only while waiting for a job, not while running it.

@@ -513,15 +513,37 @@ pub fn compress(body: &[u8]) -> (Option<Bytes>, Option<Bytes>) {
             size_hint: body.len(),
             ..Default::default()
         };
-        let _ = brotli::BrotliCompress(&mut &body[..], &mut br, &params);
+        let _ = brotli::BrotliCompress(&mut GivingWay(body), &mut br, &params);
     }
     let mut gz = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 3),
         flate2::Compression::new(5),
     );
-    let gz = gz.write_all(body).and_then(|_| gz.finish()).ok();
+    let written = body.chunks(GIVE_WAY_EVERY).try_for_each(|chunk| {
+        crate::background::let_others_run();
+        gz.write_all(chunk)
+    });
+    let gz = written.and_then(|_| gz.finish()).ok();
     let keep = |v: Vec<u8>| (v.len() < body.len()).then(|| Bytes::from(v));
     (keep(br), gz.and_then(keep))
+}
+
+/// How much input the compressors take between two chances for the hit loops to get the
+/// CPU back from a background thread ([`crate::background::let_others_run`]): well under a
+/// millisecond of work.
+const GIVE_WAY_EVERY: usize = 4096;
+
+/// A body read by brotli (4 KiB at a time), giving way to the hit loops before each read.
+struct GivingWay<'a>(&'a [u8]);
+
+impl std::io::Read for GivingWay<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        crate::background::let_others_run();
+        let n = buf.len().min(self.0.len()).min(GIVE_WAY_EVERY);
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
 }
 
 /// A strong validator for a body: 128 bits of SipHash (two keyed passes) plus the length,
