@@ -52,7 +52,7 @@ pub(crate) async fn run<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Lost> {
     let Some(pool) = pool() else {
-        return tokio::task::spawn_blocking(work).await.map_err(|_| Lost);
+        return on_blocking_pool(work).await;
     };
     let (done, result) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
@@ -65,6 +65,13 @@ pub(crate) async fn run<T: Send + 'static>(
         Ok(Ok(Ok(value))) => Ok(value),
         _ => Err(Lost),
     }
+}
+
+/// Runs `work` on tokio's blocking pool, at normal priority: work a visitor waits for.
+pub(crate) async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Lost> {
+    tokio::task::spawn_blocking(work).await.map_err(|_| Lost)
 }
 
 fn pool() -> Option<&'static Pool> {

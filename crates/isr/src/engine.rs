@@ -1500,9 +1500,7 @@ async fn entry_with_variants(
     if background {
         crate::background::run(compress).await
     } else {
-        tokio::task::spawn_blocking(compress)
-            .await
-            .map_err(|_| crate::background::Lost)
+        crate::background::on_blocking_pool(compress).await
     }
 }
 
