@@ -15,23 +15,8 @@ cd "$(dirname "$0")/.."
 cargo build --release -q --bin isr --example bench_origin
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
-cat > "$dir/isr.toml" <<EOT
-listen = "127.0.0.1:19405"
-origin = "http://127.0.0.1:19400"
-data_dir = "$dir/data"
-[cache]
-memory = "256MiB"
-[[route]]
-match = "/page/{n}"
-revalidate = 3600
-[[route]]
-match = "/big/{n}"
-revalidate = 3600
-EOT
-taskset -c 1 ./target/release/examples/bench_origin serve 127.0.0.1:19400 >/dev/null 2>&1 &
-ISR_SECRET=bench ISR_LOG=warn taskset -c 0 "${ISR_BIN:-./target/release/isr}" serve --config "$dir/isr.toml" >/dev/null 2>&1 &
-isr_pid=$!
-until curl -sf -o /dev/null http://127.0.0.1:19405/page/0; do sleep 0.05; done
+source bench/spread_isr.sh
+spread_isr "$dir" 3600 1 $'[[route]]\nmatch = "/big/{n}"\nrevalidate = 3600'
 # Every page twice, so that each is cached and has had a hit.
 for p in page big; do for _ in 1 2; do for n in $(seq 0 999); do
   printf 'url = "http://127.0.0.1:19405/%s/%s"\noutput = /dev/null\n' "$p" "$n"
