@@ -18,7 +18,9 @@
 //! meanwhile), as if the work ran there: tokio's paused test clock stands still while
 //! blocking work is in flight, and tests of regenerations rely on that. Work a visitor
 //! waits for (a miss, `x-prerender-revalidate`) stays on tokio's blocking pool at normal
-//! priority. If the threads cannot start, or the kernel refuses the nice
+//! priority, and so does a background regeneration's once a visitor joins its flight
+//! (a page past its `expire`), unless a background thread has already started on it.
+//! If the threads cannot start, or the kernel refuses the nice
 //! value, background work runs there too, or at normal priority: slower hits during a
 //! publish, nothing worse.
 
@@ -47,21 +49,47 @@ impl std::fmt::Display for Lost {
 }
 
 /// Runs `work` on a background thread and waits for its result; on tokio's blocking pool
-/// when the background threads could not start.
+/// when the background threads could not start. Once `visitor` completes (a visitor now
+/// waits for this work), work that no background thread has started yet runs on tokio's
+/// blocking pool at normal priority instead: a visitor never waits behind queued
+/// background work at a lower priority.
 pub(crate) async fn run<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
+    visitor: impl std::future::Future<Output = ()>,
 ) -> Result<T, Lost> {
     let Some(pool) = pool() else {
         return on_blocking_pool(work).await;
     };
+    // Whoever takes the work first runs it: a background thread, or the visitor's.
+    let work = Arc::new(Mutex::new(Some(work)));
+    let take = |work: &Mutex<Option<_>>| work.lock().unwrap_or_else(|e| e.into_inner()).take();
     let (done, result) = tokio::sync::oneshot::channel();
+    let queued = work.clone();
     let job: Job = Box::new(move || {
-        let _ = done.send(panic::catch_unwind(AssertUnwindSafe(work)));
+        if let Some(work) = take(&queued) {
+            let _ = done.send(panic::catch_unwind(AssertUnwindSafe(work)));
+        }
     });
     pool.jobs.send(job).map_err(|_| Lost)?;
     // Waited for on a blocking thread, so that tokio counts the work as blocking work in
     // flight, as when it ran there: a paused test clock does not jump ahead meanwhile.
-    match tokio::task::spawn_blocking(move || result.blocking_recv()).await {
+    let mut waiting = tokio::task::spawn_blocking(move || result.blocking_recv());
+    tokio::select! {
+        biased;
+        finished = &mut waiting => return finished_with(finished),
+        () = visitor => {}
+    }
+    match take(&work) {
+        Some(work) => on_blocking_pool(work).await,
+        None => finished_with(waiting.await),
+    }
+}
+
+/// The result of background work, as its waiting thread received it.
+fn finished_with<T>(
+    finished: Result<Result<std::thread::Result<T>, impl Sized>, tokio::task::JoinError>,
+) -> Result<T, Lost> {
+    match finished {
         Ok(Ok(Ok(value))) => Ok(value),
         _ => Err(Lost),
     }
@@ -140,25 +168,98 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::{pending, ready};
+
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(None).unwrap()
+    }
 
     #[tokio::test]
     async fn work_runs_at_a_lower_priority_and_returns_its_result() {
-        let before = rustix::process::getpriority_process(None).unwrap();
-        let (nice, sum) = run(|| {
-            let nice = rustix::process::getpriority_process(None).unwrap();
-            (nice, (1..=10).sum::<i32>())
-        })
-        .await
-        .unwrap();
+        let before = nice();
+        let (nice_there, sum) = run(|| (nice(), (1..=10).sum::<i32>()), pending())
+            .await
+            .unwrap();
         assert_eq!(sum, 55);
-        assert!(nice >= NICE, "background work ran at nice {nice}");
+        assert!(
+            nice_there >= NICE,
+            "background work ran at nice {nice_there}"
+        );
         // Only the background threads are lowered, not the caller's.
-        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
+        assert_eq!(nice(), before);
     }
 
     #[tokio::test]
     async fn a_panic_is_an_error_and_the_threads_go_on() {
-        assert!(run(|| -> u8 { panic!("boom") }).await.is_err());
-        assert_eq!(run(|| 7).await.unwrap(), 7);
+        assert!(run(|| -> u8 { panic!("boom") }, pending()).await.is_err());
+        assert_eq!(run(|| 7, pending()).await.unwrap(), 7);
+    }
+
+    /// Keeps every background thread busy until dropped, so that work sent meanwhile
+    /// stays queued.
+    struct Busy {
+        _releases: Vec<std::sync::mpsc::Sender<()>>,
+    }
+
+    async fn occupy_every_thread() -> Busy {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (started, all_started) = std::sync::mpsc::channel();
+        let mut releases = Vec::new();
+        for _ in 0..n {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let started = started.clone();
+            let hold = move || {
+                let _ = started.send(());
+                let _ = held.recv();
+            };
+            tokio::spawn(run(hold, pending()));
+            releases.push(release);
+        }
+        tokio::task::spawn_blocking(move || all_started.iter().take(n).count())
+            .await
+            .unwrap();
+        Busy {
+            _releases: releases,
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_work_runs_at_normal_priority_once_a_visitor_waits() {
+        let before = nice();
+        let busy = occupy_every_thread().await;
+        let limit = std::time::Duration::from_secs(10);
+        let outcome = tokio::time::timeout(limit, run(nice, ready(()))).await;
+        drop(busy);
+        let nice_there = outcome
+            .expect("the visitor's work waited for a busy background thread")
+            .unwrap();
+        assert_eq!(
+            nice_there, before,
+            "the visitor's work ran at a lower priority"
+        );
+    }
+
+    #[tokio::test]
+    async fn started_work_finishes_where_it_runs_when_a_visitor_comes() {
+        let (started, has_started) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let work = move || {
+            let _ = started.send(());
+            let _ = held.recv();
+            nice()
+        };
+        let visitor = async move {
+            let _ = has_started.await;
+            let _ = release.send(());
+        };
+        let limit = std::time::Duration::from_secs(10);
+        let nice_there = tokio::time::timeout(limit, run(work, visitor))
+            .await
+            .expect("the visitor was never heard")
+            .unwrap();
+        assert!(
+            nice_there >= NICE,
+            "started work moved: it ran at nice {nice_there}"
+        );
     }
 }

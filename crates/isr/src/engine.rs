@@ -872,7 +872,7 @@ impl Engine {
     /// on-demand revalidation of one page, so the CDNs are purged of it once it is stored.
     pub async fn regenerate_now(self: &Arc<Self>, key: &str) -> Outcome {
         let copy = self.lookup(key).await.map(|e| e.meta.revalidate);
-        let outcome = self.produce(key, copy, false).await;
+        let outcome = self.produce(key, copy, FetchFor::Visitor).await;
         if matches!(outcome, Outcome::Stored(_)) {
             self.cdn.purge_path(key, false);
         }
@@ -950,22 +950,29 @@ impl Engine {
         };
         tokio::spawn(async move {
             // Background work waits for a regeneration slot, unless a visitor starts
-            // waiting for this page: a visitor never queues behind background work.
+            // waiting for this page: a visitor never queues behind background work, and
+            // the flight is then the visitor's.
+            let mut background = background;
             let _permit = match permit {
                 Some(p) => Some(p),
                 None if background => {
                     let slots = guard.engine.regen_slots.clone();
                     tokio::select! {
                         p = slots.acquire_owned() => p.ok(),
-                        () = visitor_waiting.notified() => None,
+                        () = visitor_waiting.notified() => {
+                            background = false;
+                            None
+                        }
                     }
                 }
                 None => None,
             };
-            let outcome = guard
-                .engine
-                .produce_once(&guard.key, copy, background)
-                .await;
+            let fetch_for = if background {
+                FetchFor::Background(&visitor_waiting)
+            } else {
+                FetchFor::Visitor
+            };
+            let outcome = guard.engine.produce_once(&guard.key, copy, fetch_for).await;
             let _ = guard.tx.send(Some(outcome));
         });
         rx
@@ -976,13 +983,20 @@ impl Engine {
     /// again. If no newer page shows up, a visitor's fetch goes ahead anyway; background
     /// work just ends (the page stays stale until a later request). A store that cannot
     /// be reached never blocks a fetch: single-flight is then per node.
-    async fn produce_once(&self, key: &str, copy: Option<Window>, background: bool) -> Outcome {
+    async fn produce_once(
+        &self,
+        key: &str,
+        copy: Option<Window>,
+        fetch_for: FetchFor<'_>,
+    ) -> Outcome {
         let _lease = match self.take_turn(key).await {
             Turn::Newer(e) => return Outcome::Stored(e),
-            Turn::Go { waited: true, .. } if background => return self.abandoned(),
+            Turn::Go { waited: true, .. } if matches!(fetch_for, FetchFor::Background(_)) => {
+                return self.abandoned()
+            }
             Turn::Go { lease, .. } => lease,
         };
-        self.produce(key, copy, background).await
+        self.produce(key, copy, fetch_for).await
     }
 
     /// Takes this node's turn to fetch `key` through the store's lease (pages and data
@@ -1038,7 +1052,7 @@ impl Engine {
 
     /// [`Engine::fetch_and_store`], counted in the metrics (and logged with
     /// `--debug-cache`).
-    async fn produce(&self, key: &str, copy: Option<Window>, background: bool) -> Outcome {
+    async fn produce(&self, key: &str, copy: Option<Window>, fetch_for: FetchFor<'_>) -> Outcome {
         struct InFlight<'a>(&'a Metrics);
         impl Drop for InFlight<'_> {
             fn drop(&mut self) {
@@ -1048,7 +1062,7 @@ impl Engine {
         self.metrics.in_flight(1);
         let _in_flight = InFlight(&self.metrics);
         let started = tokio::time::Instant::now();
-        let outcome = self.fetch_and_store(key, copy, background).await;
+        let outcome = self.fetch_and_store(key, copy, fetch_for).await;
         let stored = matches!(outcome, Outcome::Stored(_));
         if copy.is_some() {
             self.metrics.regeneration(stored);
@@ -1074,9 +1088,14 @@ impl Engine {
 
     /// Fetches `key` from the origin and stores the result when it may be stored.
     /// `copy` is the revalidate window of the page being replaced, if there is one: a
-    /// failure then keeps that page and backs off. `background`: no visitor waits for this
-    /// fetch, so its compression runs at a lower priority ([`crate::background`]).
-    async fn fetch_and_store(&self, key: &str, copy: Option<Window>, background: bool) -> Outcome {
+    /// failure then keeps that page and backs off. `fetch_for` decides the priority of its
+    /// compression.
+    async fn fetch_and_store(
+        &self,
+        key: &str,
+        copy: Option<Window>,
+        fetch_for: FetchFor<'_>,
+    ) -> Outcome {
         let rules = &self.routes.rules(key::path_of(key));
         let generated = self.generation_stamp();
         let started = tokio::time::Instant::now();
@@ -1164,7 +1183,7 @@ impl Engine {
                 };
                 (Ok(reused), write)
             }
-            None => (entry_with_variants(entry, background).await, Rewrite::All),
+            None => (entry_with_variants(entry, fetch_for).await, Rewrite::All),
         };
         let entry = match entry {
             Ok(e) => Arc::new(e),
@@ -1488,19 +1507,27 @@ pub(crate) enum Rewrite {
     SameBodiesSoon,
 }
 
-/// Compresses off the serving threads: for a `background` regeneration on the
+/// Who a fetch is for, which decides the priority of its compression.
+#[derive(Clone, Copy)]
+enum FetchFor<'a> {
+    /// A visitor waits for it (a miss, an expired page, `x-prerender-revalidate`).
+    Visitor,
+    /// A background regeneration; this fires when a visitor joins its flight.
+    Background(&'a tokio::sync::Notify),
+}
+
+/// Compresses off the serving threads: for a background regeneration on the
 /// lower-priority background threads ([`crate::background`]), so that a publish of many
-/// changed pages does not slow hits; for a fetch a visitor waits for, on tokio's blocking
-/// pool.
+/// changed pages does not slow hits, unless a visitor joins the flight before a thread
+/// starts on it; for a fetch a visitor waits for, on tokio's blocking pool.
 async fn entry_with_variants(
     entry: Entry,
-    background: bool,
+    fetch_for: FetchFor<'_>,
 ) -> Result<Entry, crate::background::Lost> {
     let compress = move || origin::with_variants(entry);
-    if background {
-        crate::background::run(compress).await
-    } else {
-        crate::background::on_blocking_pool(compress).await
+    match fetch_for {
+        FetchFor::Background(visitor) => crate::background::run(compress, visitor.notified()).await,
+        FetchFor::Visitor => crate::background::on_blocking_pool(compress).await,
     }
 }
 
