@@ -423,3 +423,33 @@ async fn pages_through_the_layer_are_rendered_once_across_nodes() {
     })
     .await;
 }
+
+/// A read-your-writes revalidation (`"mode": "expire"`, eager) while another node holds
+/// the page's lease and then dies without storing it: the visitor who waits for the page
+/// gets the new one. The eager regeneration waited for the lease; a background fetch then
+/// ends, but not once a visitor has joined it (it used to end, and the visitor got the
+/// expired copy as STALE).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_who_joins_a_regeneration_that_waited_for_a_dead_nodes_lease_gets_the_new_page() {
+    let redis = Redis::start();
+    let origin = Origin::start().await;
+    let node = Isr::start_with(&origin, &cluster_config(&redis)).await;
+    assert_eq!(node.get("/blog/lease").await.unwrap().cache(), "MISS");
+    // Another node takes the page's lease, and dies: the lease lapses in 1.5 s.
+    redis
+        .cli(&["SET", "isr:lease:/blog/lease", "dead-node", "PX", "1500"])
+        .unwrap();
+    let body = serde_json::json!({"path": "/blog/lease", "mode": "expire", "eager": true});
+    assert_eq!(node.revalidate(body).await.status, 200);
+    // The eager regeneration is waiting for the lease now; a visitor joins it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = node.get("/blog/lease").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.cache() != "STALE" && r.text().contains("v2"),
+        "the visitor got {} {}",
+        r.cache(),
+        r.text()
+    );
+    assert_eq!(origin.count("/blog/lease"), 2);
+}

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -980,21 +981,27 @@ impl Engine {
 
     /// Produces `key` unless another node sharing the store is regenerating it: then
     /// waits (at most `origin_timeout`) for that node's page instead of asking the origin
-    /// again. If no newer page shows up, a visitor's fetch goes ahead anyway; background
-    /// work just ends (the page stays stale until a later request). A store that cannot
-    /// be reached never blocks a fetch: single-flight is then per node.
+    /// again. If no newer page shows up, a visitor's fetch goes ahead anyway, and so does
+    /// background work a visitor has joined meanwhile; other background work just ends
+    /// (the page stays stale until a later request). A store that cannot be reached never
+    /// blocks a fetch: single-flight is then per node.
     async fn produce_once(
         &self,
         key: &str,
         copy: Option<Window>,
-        fetch_for: FetchFor<'_>,
+        mut fetch_for: FetchFor<'_>,
     ) -> Outcome {
         let _lease = match self.take_turn(key).await {
             Turn::Newer(e) => return Outcome::Stored(e),
-            Turn::Go { waited: true, .. } if matches!(fetch_for, FetchFor::Background(_)) => {
-                return self.abandoned()
+            Turn::Go { lease, waited } => {
+                if waited {
+                    fetch_for = fetch_for.joined();
+                    if matches!(fetch_for, FetchFor::Background(_)) {
+                        return self.abandoned();
+                    }
+                }
+                lease
             }
-            Turn::Go { lease, .. } => lease,
         };
         self.produce(key, copy, fetch_for).await
     }
@@ -1514,6 +1521,19 @@ enum FetchFor<'a> {
     Visitor,
     /// A background regeneration; this fires when a visitor joins its flight.
     Background(&'a tokio::sync::Notify),
+}
+
+impl FetchFor<'_> {
+    /// A background fetch that a visitor has joined since its flight started is now the
+    /// visitor's (this takes the flight's signal).
+    fn joined(self) -> Self {
+        match self {
+            FetchFor::Background(visitor) if visitor.notified().now_or_never().is_some() => {
+                FetchFor::Visitor
+            }
+            other => other,
+        }
+    }
 }
 
 /// Compresses off the serving threads: for a background regeneration on the
