@@ -947,6 +947,7 @@ impl Engine {
             engine: self.clone(),
             key: key.to_string(),
             tx,
+            visitor_waiting: visitor_waiting.clone(),
             _place: place,
         };
         tokio::spawn(async move {
@@ -994,16 +995,29 @@ impl Engine {
         let _lease = match self.take_turn(key).await {
             Turn::Newer(e) => return Outcome::Stored(e),
             Turn::Go { lease, waited } => {
-                if waited {
-                    fetch_for = fetch_for.joined();
-                    if matches!(fetch_for, FetchFor::Background(_)) {
+                if let (true, FetchFor::Background(visitor)) = (waited, fetch_for) {
+                    if !self.visitor_joined_or_leave(key, visitor) {
                         return self.abandoned();
                     }
+                    fetch_for = FetchFor::Visitor;
                 }
                 lease
             }
         };
         self.produce(key, copy, fetch_for).await
+    }
+
+    /// Whether a visitor has joined the background flight for `key` whose signal is
+    /// `visitor` (taking the signal). If none has, the flight leaves the flights now,
+    /// under the lock visitors join with: a visitor who comes later starts a fetch of its
+    /// own rather than join one that is ending.
+    fn visitor_joined_or_leave(&self, key: &str, visitor: &tokio::sync::Notify) -> bool {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if visitor.notified().now_or_never().is_some() {
+            return true;
+        }
+        remove_flight(&mut flights, key, visitor);
+        false
     }
 
     /// Takes this node's turn to fetch `key` through the store's lease (pages and data
@@ -1523,19 +1537,6 @@ enum FetchFor<'a> {
     Background(&'a tokio::sync::Notify),
 }
 
-impl FetchFor<'_> {
-    /// A background fetch that a visitor has joined since its flight started is now the
-    /// visitor's (this takes the flight's signal).
-    fn joined(self) -> Self {
-        match self {
-            FetchFor::Background(visitor) if visitor.notified().now_or_never().is_some() => {
-                FetchFor::Visitor
-            }
-            other => other,
-        }
-    }
-}
-
 /// Compresses off the serving threads: for a background regeneration on the
 /// lower-priority background threads ([`crate::background`]), so that a publish of many
 /// changed pages does not slow hits, unless a visitor joins the flight before a thread
@@ -1551,23 +1552,38 @@ async fn entry_with_variants(
     }
 }
 
+/// Removes the flight for `key` whose signal is `visitor`, and not a later flight for the
+/// same key.
+fn remove_flight(flights: &mut HashMap<String, Flight>, key: &str, visitor: &tokio::sync::Notify) {
+    if flights
+        .get(key)
+        .is_some_and(|f| std::ptr::eq(&*f.visitor_waiting, visitor))
+    {
+        flights.remove(key);
+    }
+}
+
 /// Publishes an outcome even when a flight's task ends without one, and removes the
 /// flight so the next request can start a new one.
 struct FlightGuard {
     engine: Arc<Engine>,
     key: String,
     tx: watch::Sender<Option<Outcome>>,
+    /// The flight's signal, which also tells it from a later flight for the same key.
+    visitor_waiting: Arc<tokio::sync::Notify>,
     /// A background regeneration's place in the queue, given back when it ends.
     _place: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        self.engine
+        let mut flights = self
+            .engine
             .flights
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+            .unwrap_or_else(|e| e.into_inner());
+        remove_flight(&mut flights, &self.key, &self.visitor_waiting);
+        drop(flights);
         if self.tx.borrow().is_none() {
             let _ = self.tx.send(Some(self.engine.abandoned()));
         }
@@ -1577,6 +1593,31 @@ impl Drop for FlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flight_that_ends_removes_itself_and_not_a_later_flight_for_the_same_key() {
+        let flight = || {
+            let (_tx, outcome) = watch::channel(None);
+            let visitor_waiting = Arc::new(tokio::sync::Notify::new());
+            (
+                visitor_waiting.clone(),
+                Flight {
+                    outcome,
+                    visitor_waiting,
+                },
+            )
+        };
+        let (ended, _) = flight();
+        let (later, later_flight) = flight();
+        let mut flights = HashMap::from([("/p".to_string(), later_flight)]);
+        remove_flight(&mut flights, "/p", &ended);
+        assert!(
+            flights.contains_key("/p"),
+            "an ended flight removed a later one"
+        );
+        remove_flight(&mut flights, "/p", &later);
+        assert!(flights.is_empty());
+    }
 
     #[test]
     fn backoffs_are_bounded_and_make_room_by_dropping_those_past_their_retry() {
