@@ -102,10 +102,15 @@ pub(crate) async fn on_blocking_pool<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|_| Lost)
 }
 
+/// How many background threads the pool starts: one per CPU this process may run on.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn pool() -> Option<&'static Pool> {
     static POOL: OnceLock<Option<Pool>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = threads();
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let mut started = 0;
@@ -202,7 +207,7 @@ mod tests {
     }
 
     async fn occupy_every_thread() -> Busy {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = threads();
         let (started, all_started) = std::sync::mpsc::channel();
         let mut releases = Vec::new();
         for _ in 0..n {
